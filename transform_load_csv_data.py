@@ -1,0 +1,774 @@
+"""Stage 3: cleanse the three CSVs with pandas and load them into PostgreSQL.
+
+Reads customer.csv, destination.csv and booking.csv from DOWNLOAD_DIR (or --data-dir),
+applies the cleansing rules (each one a function below, each documented in README.md),
+adds total_booking_value = number_of_passengers x cost_per_passenger (exact to the cent),
+and loads the accepted rows: COPY into staging tables, then insert-or-update by key, all
+three tables in one transaction. Every rejected row is written to REJECTS_DIR (one CSV per
+table: the original row, its source row number and a reject_reason) and counted in the
+summary, which is also stored in the load_run / load_run_table audit tables.
+
+Needs: the schema from travel.sql; DATABASE_URL or the libpq variables (PGHOST, ...).
+
+Example:
+    python transform_load_csv_data.py --data-dir ./download_dataset
+    python transform_load_csv_data.py --dry-run      # cleanse and report, change nothing
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+import waddle_common as common
+
+log = logging.getLogger("data_waddle.transform_load")
+
+SEASONS = ("Spring", "Summer", "Autumn", "Winter")
+SEASON_SYNONYMS = {"Fall": "Autumn"}
+BIGINT_MAX = 9_223_372_036_854_775_807
+INT_MAX = 2_147_483_647
+MAX_COST_CENTS = 10**12 - 1  # NUMERIC(12,2)
+MAX_TOTAL_CENTS = 10**18 - 1  # keeps the product exact in int64
+DATE_MIN, DATE_MAX = 1900, 2100  # booking years outside this range are typing errors
+LOAD_LOCK_KEY = 0x5741_4444  # pg advisory lock shared by every loader ("WADD")
+
+# The columns loaded into each table, in COPY order.
+LOAD_COLUMNS: dict[str, tuple[str, ...]] = {
+    "destination": ("destination_id", "destination", "country", "popular_season"),
+    "customer": ("customer_id", "first_name", "last_name", "email", "phone"),
+    "booking": (
+        "booking_id", "customer_id", "destination_id", "booking_date", "number_of_passengers",
+        "cost_per_passenger", "total_booking_value", "passengers_imputed", "cost_imputed",
+    ),
+}
+KEYS = {"destination": "destination_id", "customer": "customer_id", "booking": "booking_id"}
+NOT_NULL = {
+    "customer": ("customer_id", "first_name", "last_name", "email"),
+    "destination": ("destination_id", "destination", "country", "popular_season"),
+    "booking": ("booking_id", "customer_id", "booking_date", "destination"),
+}
+
+MONTHS = {
+    name.lower(): number
+    for number, names in enumerate(
+        [("January", "Jan"), ("February", "Feb"), ("March", "Mar"), ("April", "Apr"), ("May",),
+         ("June", "Jun"), ("July", "Jul"), ("August", "Aug"), ("September", "Sep", "Sept"),
+         ("October", "Oct"), ("November", "Nov"), ("December", "Dec")],
+        start=1,
+    )
+    for name in names
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Reading
+
+
+def read_source(path: Path, table: str, encoding: str = "utf-8") -> pd.DataFrame:
+    """The file as text columns (normalised names), with `source_row` = data row number.
+
+    Refuses (ConfigError) a missing file, a non-UTF-8 file, an empty file, a header with a
+    repeated column, or one that lacks a required column.
+    """
+    if not path.is_file():
+        raise common.ConfigError(f"{path} not found; run download_dataset.py or pass --data-dir")
+    py_encoding = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    try:
+        header = common.read_header(path, encoding)
+        names = unique_header(header, path)
+        missing = common.missing_columns(table, names)
+        if missing:
+            raise common.ConfigError(
+                f"{path.name} lacks column(s) {', '.join(missing)}; columns found: {', '.join(header) or '(none)'}"
+            )
+        frame = pd.read_csv(
+            path, header=0, names=names, dtype=str, keep_default_na=False, na_filter=False,
+            encoding=py_encoding, skip_blank_lines=True,
+        )
+    except UnicodeDecodeError as exc:
+        raise common.ConfigError(
+            f"{path.name} is not {encoding} text ({exc.reason} at byte {exc.start}); "
+            "convert it (iconv -f latin1 -t utf-8) or pass --encoding latin-1"
+        ) from None
+    except pd.errors.ParserError as exc:
+        raise common.ConfigError(f"{path.name} is not a well-formed CSV file: {common.first_line(exc)}") from None
+    frame = frame[[c for c in frame.columns if not c.startswith("_unnamed_")]]
+    frame.insert(0, "source_row", np.arange(1, len(frame) + 1))
+    return frame
+
+
+def unique_header(header: list[str], path: Path) -> list[str]:
+    """Header names, with blank ones (a pandas index column) renamed; a repeated name is refused."""
+    if not header:
+        raise common.ConfigError(f"{path.name} is empty: no header row")
+    names: list[str] = []
+    for position, name in enumerate(header):
+        if not name or name.startswith("unnamed:"):
+            name = f"_unnamed_{position}"
+        elif name in names:
+            raise common.ConfigError(f"{path.name} has column {name!r} more than once")
+        names.append(name)
+    return names
+
+
+# ---------------------------------------------------------------------------------------
+# The rule machinery: every rule marks rows with a reason; the first reason a row gets wins.
+
+
+@dataclass
+class Table:
+    """A source table during cleansing: the raw text, the cleansed columns, the reasons."""
+
+    name: str
+    raw: pd.DataFrame
+    clean: pd.DataFrame = field(init=False)
+    reason: pd.Series = field(init=False)
+    imputed: pd.Series = field(init=False)
+
+    def __post_init__(self):
+        columns = [c for c in self.raw.columns if c != "source_row"]
+        self.clean = pd.DataFrame(index=self.raw.index)
+        for column in columns:
+            self.clean[column] = trim_text(self.raw[column])
+        self.reason = pd.Series(pd.NA, index=self.raw.index, dtype=object)
+        self.imputed = pd.Series(False, index=self.raw.index)
+
+    @property
+    def ok(self) -> pd.Series:
+        return self.reason.isna()
+
+    def reject(self, mask: pd.Series, reason) -> None:
+        """Give `reason` (text, or a Series of texts) to the rows in `mask` that have none yet."""
+        mask = mask.fillna(False).astype(bool) & self.ok
+        if mask.any():
+            self.reason[mask] = reason[mask] if isinstance(reason, pd.Series) else reason
+
+    def accepted(self) -> pd.DataFrame:
+        return self.clean[self.ok]
+
+    def rejected(self) -> pd.DataFrame:
+        rows = self.raw[~self.ok].copy()
+        rows["reject_reason"] = self.reason[~self.ok]
+        return rows
+
+
+def trim_text(values: pd.Series) -> pd.Series:
+    """Rule trim_text: strip surrounding white space; an empty or blank value is missing."""
+    text = values.astype(str).where(values.notna(), "").str.strip()
+    return text.mask(text == "")
+
+
+def quoted(values: pd.Series, limit: int = 60) -> pd.Series:
+    return "'" + values.fillna("").astype(str).str.slice(0, limit) + "'"
+
+
+def reject_missing(table: Table, columns: Iterable[str]) -> None:
+    """Rule missing_field: a row without its key or a required field is rejected."""
+    for column in columns:
+        table.reject(table.clean[column].isna(), f"missing_field: {column} is empty")
+
+
+def parse_whole_numbers(values: pd.Series, maximum: int) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """(numbers as int64 or NA, mask of malformed values, mask of values above `maximum`).
+
+    Accepts digits with an optional '.0' tail (pandas writes 2.0 for an int column with
+    gaps); anything else (signs, decimals, letters) is malformed.
+    """
+    text = values.fillna("")
+    match = text.str.fullmatch(r"\+?0*(\d+)(?:\.0*)?")
+    digits = text.str.extract(r"^\+?0*(\d+)(?:\.0*)?$", expand=False).fillna("")
+    malformed = values.notna() & ~match
+    too_big = match & ((digits.str.len() > len(str(maximum))) | (
+        (digits.str.len() == len(str(maximum))) & (digits > str(maximum))
+    ))
+    usable = match & ~too_big
+    numbers = pd.Series(pd.NA, index=values.index, dtype="Int64")
+    if usable.any():
+        numbers[usable] = digits[usable].astype("int64")
+    return numbers, malformed, too_big
+
+
+def parse_key(table: Table, column: str) -> pd.Series:
+    """Rules invalid_id / id_out_of_range: ids are whole numbers that fit a BIGINT."""
+    numbers, malformed, too_big = parse_whole_numbers(table.clean[column], BIGINT_MAX)
+    table.reject(malformed, f"invalid_id: {column} " + quoted(table.clean[column]) + " is not a whole number")
+    table.reject(too_big, f"id_out_of_range: {column} " + quoted(table.clean[column]) + " is too large")
+    return numbers
+
+
+def reject_duplicates(table: Table, column: str, values: pd.Series, code: str) -> None:
+    """Rules duplicate_key / duplicate_email: among rows that passed every earlier rule, the
+    first occurrence of a value wins; later ones are rejected naming the row kept."""
+    candidates = values[table.ok & values.notna()]
+    repeated = candidates.duplicated(keep="first")
+    if not repeated.any():
+        return
+    first_row = table.raw.loc[candidates.index, "source_row"].groupby(candidates.values).transform("min")
+    reason = (
+        f"{code}: {column} " + quoted(candidates.astype(str)) + " already at row " + first_row.astype(str)
+    )
+    table.reject(repeated.reindex(table.raw.index, fill_value=False), reason.reindex(table.raw.index))
+
+
+# ---------------------------------------------------------------------------------------
+# Customer rules
+
+
+def cleanse_customers(raw: pd.DataFrame) -> Table:
+    table = Table("customer", raw)
+    reject_missing(table, NOT_NULL["customer"])
+    ids = parse_key(table, "customer_id")
+    table.clean["email"] = normalise_emails(table.clean["email"])
+    reject_malformed_emails(table)
+    reject_duplicates(table, "customer_id", ids, "duplicate_key")
+    reject_duplicates(table, "email", table.clean["email"], "duplicate_email")
+    table.clean["customer_id"] = ids
+    return table
+
+
+def normalise_emails(emails: pd.Series) -> pd.Series:
+    """Rule lower_case_email: e-mail addresses compare case-insensitively, so store them lower-case."""
+    return emails.str.lower()
+
+
+def reject_malformed_emails(table: Table) -> None:
+    """Rule invalid_email: one '@' with text on both sides and a dot in the domain, no spaces."""
+    emails = table.clean["email"]
+    good = emails.fillna("").str.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+    table.reject(emails.notna() & ~good, "invalid_email: " + quoted(emails))
+
+
+# ---------------------------------------------------------------------------------------
+# Destination rules
+
+
+def cleanse_destinations(raw: pd.DataFrame) -> Table:
+    table = Table("destination", raw)
+    reject_missing(table, NOT_NULL["destination"])
+    ids = parse_key(table, "destination_id")
+    table.clean["popular_season"] = normalise_seasons(table.clean["popular_season"])
+    reject_unknown_seasons(table)
+    reject_duplicates(table, "destination_id", ids, "duplicate_key")
+    table.clean["destination_id"] = ids
+    return table
+
+
+def normalise_seasons(seasons: pd.Series) -> pd.Series:
+    """Rule capitalise_season: 'autumn', 'AUTUMN' -> 'Autumn'; 'Fall' is Autumn."""
+    capitalised = seasons.str.capitalize()
+    return capitalised.replace(SEASON_SYNONYMS)
+
+
+def reject_unknown_seasons(table: Table) -> None:
+    """Rule unknown_season: only Spring, Summer, Autumn and Winter are seasons."""
+    seasons = table.clean["popular_season"]
+    table.reject(seasons.notna() & ~seasons.isin(SEASONS), "unknown_season: " + quoted(table.raw["popular_season"]))
+
+
+# ---------------------------------------------------------------------------------------
+# Booking rules
+
+
+def cleanse_bookings(raw: pd.DataFrame) -> Table:
+    """The row rules of bookings; references and imputation follow in resolve_bookings()."""
+    table = Table("booking", raw)
+    reject_missing(table, NOT_NULL["booking"])
+    ids = parse_key(table, "booking_id")
+    customer_ids = parse_key(table, "customer_id")
+    table.clean["booking_date"] = parse_dates(table)
+    passengers, passengers_missing = parse_passengers(table)
+    cents, cost_missing = parse_costs(table)
+    reject_duplicates(table, "booking_id", ids, "duplicate_key")
+    table.clean["booking_id"] = ids
+    table.clean["customer_id"] = customer_ids
+    table.clean["number_of_passengers"] = passengers
+    table.clean["cost_cents"] = cents
+    table.clean["passengers_imputed"] = passengers_missing
+    table.clean["cost_imputed"] = cost_missing
+    return table
+
+
+DATE_FORMATS = (
+    # ISO, optionally with a time (and zone): the date part is taken as written.
+    (re.compile(r"(\d{4})-(\d{1,2})-(\d{1,2})(?:[T ]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:Z|[+-]\d{2}:?\d{2})?)?"), "ymd"),
+    (re.compile(r"(\d{4})/(\d{1,2})/(\d{1,2})"), "ymd"),
+    (re.compile(r"([A-Za-z]+)\.? (\d{1,2}),? (\d{4})"), "mdy"),  # June 3, 2023
+    (re.compile(r"(\d{1,2}) ([A-Za-z]+)\.?,? (\d{4})"), "dmy"),  # 3 June 2023
+)
+AMBIGUOUS_DATE = re.compile(r"\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}")
+
+
+def parse_dates(table: Table, column: str = "booking_date") -> pd.Series:
+    """Rules invalid_date / ambiguous_date / impossible_date / date_out_of_range.
+
+    Accepted: 2023-06-02, 2023-06-02T10:30:00(+02:00), 2023/06/02, June 3, 2023 (or Jun),
+    3 June 2023. 02/06/2023 is refused as ambiguous (day and month order unknown).
+    Returns ISO text (YYYY-MM-DD): dates stay text until PostgreSQL stores them as DATE.
+    """
+    text = table.clean[column]
+    year = pd.Series(np.nan, index=text.index)
+    month = year.copy()
+    day = year.copy()
+    unmatched = text.notna()
+    for pattern, order in DATE_FORMATS:
+        if not unmatched.any():
+            break
+        parts = text[unmatched].str.extract(f"^{pattern.pattern}$")
+        hit = parts.notna().all(axis=1)
+        parts = parts[hit]
+        if order == "ymd":
+            y, m, d = parts[0], parts[1], parts[2]
+        elif order == "mdy":
+            y, m, d = parts[2], parts[0].str.lower().map(MONTHS), parts[1]
+        else:
+            y, m, d = parts[2], parts[1].str.lower().map(MONTHS), parts[0]
+        year[parts.index], month[parts.index], day[parts.index] = (
+            pd.to_numeric(y), pd.to_numeric(m), pd.to_numeric(d),
+        )
+        unmatched &= ~unmatched.index.isin(parts.index)
+    shown = quoted(table.raw[column])
+    ambiguous = unmatched & text.fillna("").str.fullmatch(AMBIGUOUS_DATE.pattern)
+    table.reject(ambiguous, "ambiguous_date: " + shown + " (write it as YYYY-MM-DD)")
+    table.reject(unmatched, "invalid_date: " + shown + " is not a recognised date")
+    matched = year.notna()
+    bad_month = matched & month.isna()  # a month name we do not know
+    table.reject(bad_month, "invalid_date: " + shown + " has an unknown month name")
+    valid = matched & ~bad_month & (month >= 1) & (month <= 12) & (day >= 1) & (day <= days_in_month(year, month))
+    table.reject(matched & ~bad_month & ~valid, "impossible_date: " + shown + " does not exist")
+    table.reject(valid & ((year < DATE_MIN) | (year > DATE_MAX)), "date_out_of_range: " + shown)
+    iso = pd.Series(pd.NA, index=text.index, dtype=object)
+    good = valid & table.ok
+    iso[good] = (
+        year[good].astype(int).astype(str).str.zfill(4) + "-"
+        + month[good].astype(int).astype(str).str.zfill(2) + "-"
+        + day[good].astype(int).astype(str).str.zfill(2)
+    )
+    return iso
+
+
+def days_in_month(year: pd.Series, month: pd.Series) -> pd.Series:
+    y = year.fillna(1).astype(int)
+    m = month.fillna(1).clip(1, 12).astype(int)
+    leap = ((y % 4 == 0) & (y % 100 != 0)) | (y % 400 == 0)
+    lengths = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])[m - 1]
+    return pd.Series(np.where(leap & (m == 2), 29, lengths), index=year.index)
+
+
+def parse_passengers(table: Table) -> tuple[pd.Series, pd.Series]:
+    """Rules impute_passengers / invalid_number / not_positive.
+
+    A missing number_of_passengers becomes 1 (flagged as imputed: a booking has at least
+    its booker); zero, negative, fractional or non-numeric values are rejected.
+    """
+    text = table.clean["number_of_passengers"]
+    missing = text.isna()
+    negative = text.fillna("").str.fullmatch(r"-\d+(?:\.0*)?")
+    numbers, malformed, too_big = parse_whole_numbers(text.mask(negative), INT_MAX)
+    shown = quoted(table.raw["number_of_passengers"])
+    table.reject(negative | (numbers == 0), "not_positive: number_of_passengers " + shown + " must be at least 1")
+    table.reject(malformed, "invalid_number: number_of_passengers " + shown + " is not a whole number")
+    table.reject(too_big, "out_of_range: number_of_passengers " + shown + " is too large")
+    numbers[missing] = 1
+    return numbers, missing
+
+
+def parse_costs(table: Table) -> tuple[pd.Series, pd.Series]:
+    """Rules invalid_number / negative_cost / too_many_decimals / out_of_range for money.
+
+    cost_per_passenger is parsed as text into whole cents (no float ever touches money).
+    Up to two decimals; trailing zeros beyond them are fine (10.500). Currency symbols,
+    thousands separators and exponents are refused rather than guessed. Missing values are
+    imputed later, from the median of the accepted rows.
+    """
+    text = table.clean["cost_per_passenger"]
+    missing = text.isna()
+    parts = text.fillna("").str.extract(r"^(-?)(\d*)(?:\.(\d*))?$")
+    shaped = parts[1].notna() & ((parts[1] != "") | (parts[2].fillna("") != ""))
+    negative = shaped & (parts[0] == "-")
+    integer = parts[1].fillna("").str.lstrip("0")
+    fraction = parts[2].fillna("")
+    extra = fraction.str.slice(2)
+    shown = quoted(table.raw["cost_per_passenger"])
+    table.reject(~missing & ~shaped, "invalid_number: cost_per_passenger " + shown + " is not a plain amount")
+    table.reject(negative, "negative_cost: cost_per_passenger " + shown + " is below zero")
+    table.reject(shaped & extra.str.contains(r"[1-9]"), "too_many_decimals: cost_per_passenger " + shown + " has fractions of a cent")
+    table.reject(shaped & (integer.str.len() > 10), "out_of_range: cost_per_passenger " + shown + " is too large")
+    cents = pd.Series(pd.NA, index=text.index, dtype="Int64")
+    usable = shaped & table.ok & ~missing
+    if usable.any():
+        whole = integer[usable].replace("", "0").astype("int64")
+        frac = fraction[usable].str.slice(0, 2).str.ljust(2, "0").astype("int64")
+        cents[usable] = whole * 100 + frac
+    return cents, missing
+
+
+def destination_lookup(destinations: pd.DataFrame) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """(name key -> id for unique names, name key -> ids for names shared by several)."""
+    keys = name_key(destinations["destination"])
+    groups = destinations.groupby(keys.values)["destination_id"].agg(lambda ids: sorted(set(int(i) for i in ids)))
+    unique = {k: ids[0] for k, ids in groups.items() if len(ids) == 1}
+    shared = {k: ids for k, ids in groups.items() if len(ids) > 1}
+    return unique, shared
+
+
+def name_key(names: pd.Series) -> pd.Series:
+    """Names compare case- and space-insensitively: ' new  YORK ' is 'new york'."""
+    return names.fillna("").str.casefold().str.replace(r"\s+", " ", regex=True).str.strip()
+
+
+def resolve_destinations(table: Table, destinations: pd.DataFrame) -> None:
+    """Rules unknown_destination / ambiguous_destination: map a booking's destination name to
+    the id of the one destination with that name."""
+    unique, shared = destination_lookup(destinations)
+    keys = name_key(table.clean["destination"])
+    ids = keys.map(unique)
+    shown = quoted(table.raw["destination"])
+    ambiguous = keys.isin(list(shared)) & table.clean["destination"].notna()
+    listed = keys.map(lambda k: ", ".join(map(str, shared.get(k, []))))
+    table.reject(ambiguous, "ambiguous_destination: " + shown + " names destinations " + listed)
+    table.reject(table.clean["destination"].notna() & ids.isna(), "unknown_destination: " + shown)
+    table.clean["destination_id"] = ids.astype("Int64")
+
+
+def reject_unknown_customers(table: Table, known_ids: Iterable[int]) -> None:
+    """Rule unknown_customer: a booking's customer must be loaded (now or before)."""
+    known = np.fromiter(known_ids, dtype=np.int64)
+    ids = table.clean["customer_id"]
+    present = ids.notna()
+    found = pd.Series(False, index=ids.index)
+    found[present] = np.isin(ids[present].astype("int64").to_numpy(), known)
+    table.reject(present & ~found, "unknown_customer: customer_id " + ids.astype(str) + " is not loaded")
+
+
+def impute_costs(table: Table) -> int | None:
+    """Rule impute_cost: a missing cost_per_passenger becomes the median cost of the accepted
+    bookings (halves of a cent round up), flagged as imputed. Returns the median in cents."""
+    cents = table.clean["cost_cents"]
+    missing = table.clean["cost_imputed"] & table.ok
+    known = cents[table.ok & ~table.clean["cost_imputed"]].dropna().astype("int64")
+    if known.empty:
+        table.reject(missing, "missing_field: cost_per_passenger is empty and no median is available")
+        return None
+    median = median_cents(known.to_numpy())
+    cents[missing] = median
+    table.clean["cost_cents"] = cents
+    return median
+
+
+def median_cents(values: np.ndarray) -> int:
+    ordered = np.sort(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return int(ordered[middle])
+    pair_sum = Decimal(int(ordered[middle - 1]) + int(ordered[middle]))
+    return int((pair_sum / 2).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def add_total_value(table: Table) -> None:
+    """total_booking_value = passengers x cost, in whole cents (3 x 33.33 is exactly 99.99)."""
+    ok = table.ok
+    passengers = table.clean["number_of_passengers"].where(ok, 0).fillna(0).astype("int64")
+    cents = table.clean["cost_cents"].where(ok, 0).fillna(0).astype("int64")
+    overflow = (passengers.astype(float) * cents.astype(float)) > MAX_TOTAL_CENTS
+    table.reject(overflow, "out_of_range: total_booking_value is too large")
+    total = passengers.where(~overflow, 0) * cents.where(~overflow, 0)
+    table.clean["cost_per_passenger"] = cents_to_text(cents)
+    table.clean["total_booking_value"] = cents_to_text(total)
+
+
+def cents_to_text(cents: pd.Series) -> pd.Series:
+    cents = cents.astype("int64")
+    return (cents // 100).astype(str) + "." + (cents % 100).astype(str).str.zfill(2)
+
+
+def resolve_bookings(table: Table, destinations: pd.DataFrame, known_customer_ids: Iterable[int]) -> None:
+    """Reference rules, then imputation of the cost and the total value."""
+    resolve_destinations(table, destinations)
+    reject_unknown_customers(table, known_customer_ids)
+    impute_costs(table)
+    add_total_value(table)
+    table.imputed = (table.clean["passengers_imputed"] | table.clean["cost_imputed"]) & table.ok
+
+
+# ---------------------------------------------------------------------------------------
+# Summary and rejects
+
+
+@dataclass
+class TableSummary:
+    read: int
+    loaded: int
+    imputed: int
+    rejected: int
+    inserted: int = 0
+    updated: int = 0
+
+
+def summarise(table: Table) -> TableSummary:
+    ok = table.ok
+    return TableSummary(
+        read=len(table.raw), loaded=int(ok.sum()), imputed=int((table.imputed & ok).sum()), rejected=int((~ok).sum())
+    )
+
+
+def check_reject_rates(tables: Sequence[Table], max_rate: float) -> None:
+    """Refuse the whole load when a table lost more than `max_rate` of its rows, or has none."""
+    for table in tables:
+        summary = summarise(table)
+        if summary.read == 0:
+            raise common.ConfigError(f"{table.name}.csv has no data rows; nothing was loaded")
+        rate = summary.rejected / summary.read
+        if rate > max_rate:
+            raise common.ConfigError(
+                f"{table.name}: {summary.rejected} of {summary.read} rows rejected ({rate:.1%}), "
+                f"above MAX_REJECT_RATE {max_rate:.1%}; nothing was loaded. "
+                f"See the rejects file for reasons."
+            )
+
+
+def write_rejects(tables: Sequence[Table], rejects_dir: Path) -> dict[str, Path]:
+    """One CSV per table (original row, source_row, reject_reason), replaced atomically."""
+    rejects_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for table in tables:
+        target = rejects_dir / f"{table.name}_rejects.csv"
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=rejects_dir)
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as out:
+            table.rejected().to_csv(out, index=False)
+        os.replace(tmp, target)
+        written[table.name] = target
+    return written
+
+
+def format_summary(summaries: dict[str, TableSummary], dry_run: bool) -> str:
+    lines = [f"{'table':<12}{'read':>10}{'loaded':>10}{'imputed':>10}{'rejected':>10}{'inserted':>10}{'updated':>10}"]
+    for name, s in summaries.items():
+        lines.append(f"{name:<12}{s.read:>10}{s.loaded:>10}{s.imputed:>10}{s.rejected:>10}{s.inserted:>10}{s.updated:>10}")
+    if dry_run:
+        lines.append("dry run: nothing was written to the database")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# PostgreSQL
+
+
+def copy_frame(cur, table: str, frame: pd.DataFrame, columns: Sequence[str]) -> None:
+    """COPY `frame[columns]` into `table` (no header; an empty field is NULL)."""
+    from psycopg2 import sql
+
+    buffer = io.StringIO()
+    frame.loc[:, list(columns)].to_csv(buffer, index=False, header=False, quoting=csv.QUOTE_MINIMAL)
+    buffer.seek(0)
+    statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(
+        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
+    )
+    cur.copy_expert(statement.as_string(cur), buffer)
+
+
+def create_staging(cur) -> None:
+    for table in LOAD_COLUMNS:
+        cur.execute(f"CREATE TEMP TABLE stage_{table} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP")
+
+
+def take_load_lock(cur) -> None:
+    """Serialise loads: a second loader waits for the first to commit (and says so)."""
+    cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (LOAD_LOCK_KEY,))
+    if not cur.fetchone()[0]:
+        log.info("another load is running; waiting for it to finish")
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOAD_LOCK_KEY,))
+
+
+def database_destinations(cur, exclude_ids: Iterable[int]) -> pd.DataFrame:
+    """Destinations already stored that this run does not redefine (for name mapping)."""
+    cur.execute(
+        "SELECT destination_id, destination FROM destination WHERE NOT (destination_id = ANY(%s))",
+        (list(map(int, exclude_ids)),),
+    )
+    return pd.DataFrame(cur.fetchall(), columns=["destination_id", "destination"])
+
+
+def database_customer_ids(cur, candidate_ids: Iterable[int]) -> list[int]:
+    """Which of `candidate_ids` are stored customers."""
+    ids = list(map(int, candidate_ids))
+    if not ids:
+        return []
+    cur.execute("SELECT customer_id FROM customer WHERE customer_id = ANY(%s)", (ids,))
+    return [row[0] for row in cur.fetchall()]
+
+
+def reject_emails_in_use(cur, table: Table) -> None:
+    """Rule email_in_use: an e-mail already held by another stored customer (who keeps it)
+    cannot be given to this one. Needs stage_customer filled with the accepted rows."""
+    cur.execute(
+        """
+        SELECT s.customer_id, c.customer_id
+        FROM stage_customer s
+        JOIN customer c ON c.email = s.email AND c.customer_id <> s.customer_id
+        WHERE NOT EXISTS (
+            SELECT 1 FROM stage_customer moved
+            WHERE moved.customer_id = c.customer_id AND moved.email <> c.email)
+        """
+    )
+    holders = dict(cur.fetchall())
+    if not holders:
+        return
+    ids = table.clean["customer_id"]
+    holder = ids.map(lambda i: holders.get(int(i)) if pd.notna(i) else None)
+    table.reject(holder.notna(), "email_in_use: " + quoted(table.clean["email"]) + " belongs to customer_id " + holder.astype(str))
+    cur.execute("DELETE FROM stage_customer WHERE customer_id = ANY(%s)", (list(holders),))
+
+
+def upsert(cur, table: str) -> tuple[int, int]:
+    """Insert new rows, update changed ones, leave identical ones untouched: (inserted, updated)."""
+    from psycopg2 import sql
+
+    columns = LOAD_COLUMNS[table]
+    key = KEYS[table]
+    others = [c for c in columns if c != key]
+    statement = sql.SQL(
+        """
+        WITH changed AS (
+            INSERT INTO {table} AS t ({columns}) SELECT {columns} FROM {stage}
+            ON CONFLICT ({key}) DO UPDATE SET ({others}) = ROW({excluded})
+            WHERE ({current}) IS DISTINCT FROM ({excluded})
+            RETURNING (xmax = 0) AS inserted
+        )
+        SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM changed
+        """
+    ).format(
+        table=sql.Identifier(table),
+        stage=sql.Identifier(f"stage_{table}"),
+        columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
+        key=sql.Identifier(key),
+        others=sql.SQL(", ").join(map(sql.Identifier, others)),
+        excluded=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in others),
+        current=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in others),
+    )
+    cur.execute(statement)
+    inserted, updated = cur.fetchone()
+    return int(inserted), int(updated)
+
+
+def record_run(cur, started_at: datetime, sources: dict[str, dict], summaries: dict[str, TableSummary]) -> int:
+    cur.execute(
+        "INSERT INTO load_run (started_at, tool_version, source_files) VALUES (%s, %s, %s) RETURNING run_id",
+        (started_at, common.__version__, json.dumps(sources)),
+    )
+    run_id = cur.fetchone()[0]
+    for name, s in summaries.items():
+        cur.execute(
+            """INSERT INTO load_run_table (run_id, table_name, rows_read, rows_loaded, rows_imputed,
+                   rows_rejected, rows_inserted, rows_updated) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
+            (run_id, name, s.read, s.loaded, s.imputed, s.rejected, s.inserted, s.updated),
+        )
+    return run_id
+
+
+def describe_source(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+# ---------------------------------------------------------------------------------------
+# The stage
+
+
+def build_parser():
+    parser = common.stage_parser(__doc__)
+    parser.add_argument("--data-dir", metavar="DIR", help="folder with the three CSVs (default: $DOWNLOAD_DIR)")
+    parser.add_argument("--rejects-dir", metavar="DIR", help="where rejected rows go (default: $REJECTS_DIR)")
+    parser.add_argument(
+        "--max-reject-rate", type=float, metavar="RATE",
+        help="refuse the load when a table loses more than this share of its rows (default: $MAX_REJECT_RATE, 0.10)",
+    )
+    parser.add_argument("--encoding", default="utf-8", help="text encoding of the CSVs (default: utf-8)")
+    parser.add_argument("--dry-run", action="store_true", help="cleanse, write rejects and the summary; change no table")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = common.parse_args(build_parser(), argv)
+    if isinstance(args, int):
+        return args
+    return common.run_stage("transform_load_csv_data", args, lambda settings: transform_and_load(settings, args))
+
+
+def transform_and_load(settings: common.Settings, args) -> int:
+    import psycopg2
+
+    started_at = datetime.now(timezone.utc)
+    data_dir = Path(args.data_dir) if args.data_dir else settings.download_dir
+    rejects_dir = Path(args.rejects_dir) if args.rejects_dir else settings.rejects_dir
+    max_rate = settings.max_reject_rate if args.max_reject_rate is None else args.max_reject_rate
+    paths = {name: data_dir / f"{name}.csv" for name in common.TABLES}
+    raw = {name: read_source(paths[name], name, args.encoding) for name in common.TABLES}
+
+    customers = cleanse_customers(raw["customer"])
+    destinations = cleanse_destinations(raw["destination"])
+    bookings = cleanse_bookings(raw["booking"])
+    tables = (customers, destinations, bookings)
+
+    conn = common.connect_db("transform_load")
+    try:
+        with conn, conn.cursor() as cur:
+            take_load_lock(cur)
+            create_staging(cur)
+            copy_frame(cur, "stage_customer", customers.accepted(), LOAD_COLUMNS["customer"])
+            reject_emails_in_use(cur, customers)
+            known_destinations = pd.concat(
+                [destinations.accepted()[["destination_id", "destination"]],
+                 database_destinations(cur, destinations.accepted()["destination_id"])],
+                ignore_index=True,
+            )
+            run_ids = customers.accepted()["customer_id"].astype("int64")
+            referenced = bookings.clean["customer_id"][bookings.ok].dropna().astype("int64")
+            elsewhere = np.setdiff1d(referenced.unique(), run_ids.to_numpy())
+            known_customers = np.concatenate([run_ids.to_numpy(), np.array(database_customer_ids(cur, elsewhere), dtype=np.int64)])
+            resolve_bookings(bookings, known_destinations, known_customers)
+
+            write_rejects(tables, rejects_dir)
+            check_reject_rates(tables, max_rate)
+            summaries = {t.name: summarise(t) for t in tables}
+
+            copy_frame(cur, "stage_destination", destinations.accepted(), LOAD_COLUMNS["destination"])
+            copy_frame(cur, "stage_booking", bookings.accepted(), LOAD_COLUMNS["booking"])
+            for name in ("destination", "customer", "booking"):
+                summaries[name].inserted, summaries[name].updated = upsert(cur, name)
+            cur.execute("SET CONSTRAINTS ALL IMMEDIATE")  # surface a deferred e-mail clash here
+            if not args.dry_run:
+                record_run(cur, started_at, {n: describe_source(p) for n, p in paths.items()}, summaries)
+            if args.dry_run:
+                conn.rollback()
+    except psycopg2.Error as exc:
+        raise common.PipelineError(
+            f"load failed and was rolled back, no table changed: {common.first_line(common.redact(exc))}"
+        ) from None
+    finally:
+        conn.close()
+
+    ordered = {name: summaries[name] for name in common.TABLES}
+    print(format_summary(ordered, args.dry_run))
+    return common.EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

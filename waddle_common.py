@@ -1,0 +1,326 @@
+"""Plumbing shared by the data-waddle stage scripts: configuration, connections, logging, errors.
+
+Every stage script (download_dataset.py, transform_load_csv_data.py,
+batch_transfer_data_to_cloud_storage.py) builds its command line with `stage_parser()`
+and runs its body through `run_stage()`, which loads `.env` (real environment variables
+win), sets up logging, and turns expected failures into one line on stderr and an exit
+code: 0 success, 1 runtime failure (network, database, storage), 2 bad usage, config or
+input. Nothing printed by this module or through its logging ever contains a password,
+a secret key or a full connection string (`redact()`).
+
+All configuration is read here, in `Settings.from_env()`; env.example documents it.
+The Lambda (lambda/lambda_function.py) does not import this module: it is deployed alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+import re
+import stat
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+__version__ = "0.1.0"
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+TABLES = ("customer", "destination", "booking")
+
+# Columns each source file must have (after header normalisation); others are ignored.
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "customer": ("customer_id", "first_name", "last_name", "email", "phone"),
+    "destination": ("destination_id", "destination", "country", "popular_season"),
+    "booking": (
+        "booking_id",
+        "customer_id",
+        "booking_date",
+        "destination",
+        "number_of_passengers",
+        "cost_per_passenger",
+    ),
+}
+
+DEFAULT_SOURCE_BASE = "https://raw.githubusercontent.com/roshna-k-abdulsalam/travel-booking-dataset/main/"
+
+log = logging.getLogger("data_waddle")
+
+
+# ---------------------------------------------------------------------------------------
+# Errors
+
+
+class PipelineError(Exception):
+    """An expected failure: reported as one line, exit code 1 (runtime: network, database)."""
+
+    exit_code = EXIT_FAILURE
+
+
+class ConfigError(PipelineError):
+    """Bad usage, configuration or input: exit code 2."""
+
+    exit_code = EXIT_USAGE
+
+
+# ---------------------------------------------------------------------------------------
+# Configuration
+
+
+def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the stage scripts, read once from the environment."""
+
+    source_urls: dict[str, str]
+    download_dir: Path
+    rejects_dir: Path
+    max_reject_rate: float
+    download_timeout: float
+    download_retries: int
+    download_backoff: float
+    s3_bucket_name: str
+    s3_prefix: str
+    export_batch_size: int
+    export_compression: str
+    export_compression_level: int
+    s3_sse: str
+    s3_kms_key_id: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        urls = {
+            table: env.get(f"{table.upper()}_CSV_URL", "").strip() or f"{DEFAULT_SOURCE_BASE}{table}.csv"
+            for table in TABLES
+        }
+        return cls(
+            source_urls=urls,
+            download_dir=Path(env.get("DOWNLOAD_DIR", "").strip() or "download_dataset"),
+            rejects_dir=Path(env.get("REJECTS_DIR", "").strip() or "rejects"),
+            max_reject_rate=_env_float(env, "MAX_REJECT_RATE", 0.10),
+            download_timeout=_env_float(env, "DOWNLOAD_TIMEOUT", 30.0),
+            download_retries=_env_int(env, "DOWNLOAD_RETRIES", 4),
+            download_backoff=_env_float(env, "DOWNLOAD_BACKOFF", 1.0),
+            s3_bucket_name=env.get("S3_BUCKET_NAME", "").strip(),
+            s3_prefix=env.get("S3_PREFIX", "").strip(),
+            export_batch_size=_env_int(env, "EXPORT_BATCH_SIZE", 50_000),
+            export_compression=env.get("EXPORT_COMPRESSION", "").strip().lower() or "zip",
+            export_compression_level=_env_int(env, "EXPORT_COMPRESSION_LEVEL", 6),
+            s3_sse=env.get("S3_SSE", "").strip() or "AES256",
+            s3_kms_key_id=env.get("S3_KMS_KEY_ID", "").strip(),
+        )
+
+
+def load_env(env_file: str | os.PathLike | None = None) -> None:
+    """Load `.env` (or `env_file`) into os.environ without overriding real variables."""
+    from dotenv import load_dotenv
+
+    path = Path(env_file) if env_file else Path(".env")
+    if env_file and not path.is_file():
+        raise ConfigError(f"env file {path} does not exist")
+    if not path.is_file():
+        return
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        log.warning("%s is readable by other users; run: chmod 600 %s", path, path)
+    load_dotenv(path, override=False)
+
+
+# ---------------------------------------------------------------------------------------
+# Secrets never leave the process
+
+
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*):[^@\s]*@")
+_KEYWORD_PASSWORD = re.compile(r"(?i)\b(password|passwd|secret|sslpassword)\s*=\s*('[^']*'|\S+)")
+
+SECRET_VARIABLES = ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
+    """The secret strings present in the environment, longest first."""
+    env = os.environ if env is None else env
+    values = [env.get(name, "") for name in SECRET_VARIABLES]
+    url = env.get("DATABASE_URL", "")
+    match = re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:([^@\s]*)@", url)
+    if match:
+        from urllib.parse import unquote
+
+        values += [match.group(1), unquote(match.group(1))]
+    values += [url]
+    return sorted({v for v in values if len(v) >= 4}, key=len, reverse=True)
+
+
+def redact(text: object, env: Mapping[str, str] | None = None) -> str:
+    """`text` with passwords, secret keys and connection-string credentials masked."""
+    out = str(text)
+    for secret in secret_values(env):
+        out = out.replace(secret, "***")
+    out = _URL_PASSWORD.sub(r"\g<scheme>:***@", out)
+    return _KEYWORD_PASSWORD.sub(r"\1=***", out)
+
+
+class _RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = redact("".join(traceback.format_exception(*record.exc_info)))
+            record.exc_info = None
+        return True
+
+
+def setup_logging(verbose: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_RedactingFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# ---------------------------------------------------------------------------------------
+# Command line and error reporting
+
+
+def stage_parser(doc: str | None) -> argparse.ArgumentParser:
+    """An argparse parser with the options every stage has; the description is `doc`."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--env-file", metavar="FILE", help="read configuration from FILE instead of ./.env")
+    parser.add_argument("--verbose", action="store_true", help="debug logging; tracebacks on failure")
+    return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace | int:
+    """Parse `argv`; return the exit code instead of raising when argparse exits (--help, errors)."""
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+
+
+def run_stage(stage: str, args: argparse.Namespace, body: Callable[[Settings], int | None]) -> int:
+    """Load configuration, run `body(settings)`, and map failures to one line and an exit code."""
+    setup_logging(getattr(args, "verbose", False))
+    try:
+        load_env(getattr(args, "env_file", None))
+        code = body(Settings.from_env())
+        return EXIT_OK if code is None else code
+    except PipelineError as exc:
+        return _report(stage, str(exc), exc.exit_code, args)
+    except KeyboardInterrupt:
+        return _report(stage, "interrupted", 130, args)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        message = f"unexpected {type(exc).__name__}: {first_line(exc)} (run with --verbose for details)"
+        return _report(stage, message, EXIT_FAILURE, args)
+
+
+def _report(stage: str, message: str, code: int, args: argparse.Namespace) -> int:
+    if getattr(args, "verbose", False):
+        sys.stderr.write(redact(traceback.format_exc()))
+    sys.stderr.write(f"{stage}: error: {redact(message)}\n")
+    sys.stderr.flush()
+    return code
+
+
+def first_line(value: object) -> str:
+    text = str(value).strip()
+    return text.splitlines()[0].strip() if text else type(value).__name__
+
+
+# ---------------------------------------------------------------------------------------
+# CSV headers (the download checks them, the transform relies on them)
+
+
+def normalise_column(name: str) -> str:
+    """`' Customer ID'` -> `'customer_id'`: trimmed, lower-case, inner spaces as underscores."""
+    return re.sub(r"\s+", "_", name.strip().lstrip("\ufeff").strip().lower())
+
+
+def read_header(path: Path, encoding: str = "utf-8") -> list[str]:
+    """The normalised column names of a CSV file's first record ([] for an empty file)."""
+    with open(path, newline="", encoding="utf-8-sig" if encoding.lower() in ("utf-8", "utf8") else encoding) as fh:
+        row = next(csv.reader(fh), [])
+    return [normalise_column(c) for c in row]
+
+
+def missing_columns(table: str, header: Iterable[str]) -> list[str]:
+    present = set(header)
+    return [c for c in REQUIRED_COLUMNS[table] if c not in present]
+
+
+# ---------------------------------------------------------------------------------------
+# Progress and connections
+
+
+def progress(total: int | None, desc: str, unit: str = "B"):
+    """A tqdm bar on a terminal; a silent stand-in otherwise (logs, CI, pipes)."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, desc=desc, unit=unit, unit_scale=True, leave=False, disable=not sys.stderr.isatty()
+    )
+
+
+def describe_database(env: Mapping[str, str] | None = None) -> str:
+    """`user@host:port/dbname` of the configured database: never the password."""
+    from psycopg2.extensions import parse_dsn
+
+    env = os.environ if env is None else env
+    try:
+        parts = parse_dsn(env.get("DATABASE_URL", ""))
+    except Exception:  # noqa: BLE001 - an unparsable URL is reported by connect()
+        parts = {}
+    host = parts.get("host") or env.get("PGHOST") or "localhost"
+    port = parts.get("port") or env.get("PGPORT") or "5432"
+    dbname = parts.get("dbname") or env.get("PGDATABASE") or "(default)"
+    user = parts.get("user") or env.get("PGUSER") or "(default user)"
+    return f"{user}@{host}:{port}/{dbname}"
+
+
+def connect_db(application_name: str, env: Mapping[str, str] | None = None):
+    """A psycopg2 connection from DATABASE_URL, else the libpq variables (PGHOST, ...)."""
+    import psycopg2
+
+    env = os.environ if env is None else env
+    try:
+        return psycopg2.connect(
+            env.get("DATABASE_URL", ""),
+            application_name=f"data-waddle {application_name}",
+            connect_timeout=env.get("PGCONNECT_TIMEOUT", "10"),
+        )
+    except psycopg2.Error as exc:
+        raise PipelineError(
+            f"cannot connect to PostgreSQL {describe_database(env)}: {first_line(redact(exc, env))}"
+        ) from None
