@@ -513,6 +513,7 @@ def resolve_bookings(table: Table, destinations: pd.DataFrame, known_customer_id
 class TableSummary:
     read: int
     loaded: int
+    repaired: int
     imputed: int
     rejected: int
     inserted: int = 0
@@ -521,9 +522,25 @@ class TableSummary:
 
 def summarise(table: Table) -> TableSummary:
     ok = table.ok
+    imputed = table.imputed & ok
     return TableSummary(
-        read=len(table.raw), loaded=int(ok.sum()), imputed=int((table.imputed & ok).sum()), rejected=int((~ok).sum())
+        read=len(table.raw),
+        loaded=int(ok.sum()),
+        repaired=int((repaired_rows(table) & ok & ~imputed).sum()),
+        imputed=int(imputed.sum()),
+        rejected=int((~ok).sum()),
     )
+
+
+def repaired_rows(table: Table) -> pd.Series:
+    """Rows loaded with a value other than the one written in the file (trimmed, lower-cased,
+    capitalised, a date rewritten as ISO, an amount given two decimals)."""
+    changed = pd.Series(False, index=table.raw.index)
+    for column in table.clean.columns.intersection(table.raw.columns):
+        written = table.raw[column].fillna("")
+        stored = table.clean[column].astype(object).where(table.clean[column].notna(), "").astype(str)
+        changed |= written != stored
+    return changed
 
 
 def check_reject_rates(tables: Sequence[Table], max_rate: float) -> None:
@@ -556,9 +573,10 @@ def write_rejects(tables: Sequence[Table], rejects_dir: Path) -> dict[str, Path]
 
 
 def format_summary(summaries: dict[str, TableSummary], dry_run: bool) -> str:
-    lines = [f"{'table':<12}{'read':>10}{'loaded':>10}{'imputed':>10}{'rejected':>10}{'inserted':>10}{'updated':>10}"]
-    for name, s in summaries.items():
-        lines.append(f"{name:<12}{s.read:>10}{s.loaded:>10}{s.imputed:>10}{s.rejected:>10}{s.inserted:>10}{s.updated:>10}")
+    fields = ("read", "loaded", "repaired", "imputed", "rejected", "inserted", "updated")
+    lines = ["table".ljust(12) + "".join(f.rjust(10) for f in fields)]
+    for name, summary in summaries.items():
+        lines.append(name.ljust(12) + "".join(str(getattr(summary, f)).rjust(10) for f in fields))
     if dry_run:
         lines.append("dry run: nothing was written to the database")
     return "\n".join(lines)
@@ -628,9 +646,11 @@ def reject_emails_in_use(cur, table: Table) -> None:
     holders = dict(cur.fetchall())
     if not holders:
         return
-    ids = table.clean["customer_id"]
-    holder = ids.map(lambda i: holders.get(int(i)) if pd.notna(i) else None)
-    table.reject(holder.notna(), "email_in_use: " + quoted(table.clean["email"]) + " belongs to customer_id " + holder.astype(str))
+    holder = table.clean["customer_id"].map(holders).astype("Int64")
+    table.reject(
+        holder.notna() & table.ok,
+        "email_in_use: " + quoted(table.clean["email"]) + " belongs to customer_id " + holder.astype(str),
+    )
     cur.execute("DELETE FROM stage_customer WHERE customer_id = ANY(%s)", (list(holders),))
 
 
@@ -673,9 +693,10 @@ def record_run(cur, started_at: datetime, sources: dict[str, dict], summaries: d
     run_id = cur.fetchone()[0]
     for name, s in summaries.items():
         cur.execute(
-            """INSERT INTO load_run_table (run_id, table_name, rows_read, rows_loaded, rows_imputed,
-                   rows_rejected, rows_inserted, rows_updated) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
-            (run_id, name, s.read, s.loaded, s.imputed, s.rejected, s.inserted, s.updated),
+            """INSERT INTO load_run_table (run_id, table_name, rows_read, rows_loaded, rows_repaired,
+                   rows_imputed, rows_rejected, rows_inserted, rows_updated)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+            (run_id, name, s.read, s.loaded, s.repaired, s.imputed, s.rejected, s.inserted, s.updated),
         )
     return run_id
 

@@ -56,12 +56,14 @@ CREATE TABLE IF NOT EXISTS load_run (
     source_files  JSONB NOT NULL
 );
 
--- Per run and table: what was read, loaded, imputed and rejected.
+-- Per run and table: what was read, loaded, repaired, imputed and rejected.
 CREATE TABLE IF NOT EXISTS load_run_table (
     run_id          BIGINT NOT NULL REFERENCES load_run (run_id),
     table_name      TEXT NOT NULL CHECK (table_name IN ('customer', 'destination', 'booking')),
     rows_read       BIGINT NOT NULL CHECK (rows_read >= 0),
     rows_loaded     BIGINT NOT NULL CHECK (rows_loaded >= 0),
+    -- loaded with a value rewritten by a cleansing rule (trimmed, lower-cased, ISO date...)
+    rows_repaired   BIGINT NOT NULL CHECK (rows_repaired >= 0),
     rows_imputed    BIGINT NOT NULL CHECK (rows_imputed >= 0),
     rows_rejected   BIGINT NOT NULL CHECK (rows_rejected >= 0),
     rows_inserted   BIGINT NOT NULL CHECK (rows_inserted >= 0),
