@@ -152,11 +152,18 @@ class Table:
     def ok(self) -> pd.Series:
         return self.reason.isna()
 
-    def reject(self, mask: pd.Series, reason) -> None:
-        """Give `reason` (text, or a Series of texts) to the rows in `mask` that have none yet."""
+    def reject(self, mask: pd.Series, template: str, *values: pd.Series) -> None:
+        """Give the rows in `mask` that have no reason yet `template`, its `{}` filled with each
+        row's `values` (quoted when they are source text). Texts are built for those rows only:
+        at a million rows, building one per row for every rule would dominate the run."""
         mask = mask.fillna(False).astype(bool) & self.ok
-        if mask.any():
-            self.reason[mask] = reason[mask] if isinstance(reason, pd.Series) else reason
+        if not mask.any():
+            return
+        if not values:
+            self.reason[mask] = template
+            return
+        columns = [v[mask] if isinstance(v, quoted) else v[mask].tolist() for v in values]
+        self.reason[mask] = [template.format(*row) for row in zip(*columns)]
 
     def accepted(self) -> pd.DataFrame:
         return self.clean[self.ok]
@@ -173,8 +180,15 @@ def trim_text(values: pd.Series) -> pd.Series:
     return text.mask(text == "")
 
 
-def quoted(values: pd.Series, limit: int = 60) -> pd.Series:
-    return "'" + values.fillna("").astype(str).str.slice(0, limit) + "'"
+class quoted:  # noqa: N801 - reads as a function at the call sites
+    """Source values shown in reject reasons as 'text' (cut to 60 characters), quoted only
+    for the rows that are rejected."""
+
+    def __init__(self, values: pd.Series):
+        self.values = values
+
+    def __getitem__(self, mask: pd.Series) -> list[str]:
+        return ["'" + ("" if pd.isna(v) else str(v))[:60] + "'" for v in self.values[mask]]
 
 
 def reject_missing(table: Table, columns: Iterable[str]) -> None:
@@ -190,24 +204,34 @@ def parse_whole_numbers(values: pd.Series, maximum: int) -> tuple[pd.Series, pd.
     gaps); anything else (signs, decimals, letters) is malformed.
     """
     text = values.fillna("")
-    match = text.str.fullmatch(r"\+?0*(\d+)(?:\.0*)?")
-    digits = text.str.extract(r"^\+?0*(\d+)(?:\.0*)?$", expand=False).fillna("")
-    malformed = values.notna() & ~match
-    too_big = match & ((digits.str.len() > len(str(maximum))) | (
-        (digits.str.len() == len(str(maximum))) & (digits > str(maximum))
-    ))
-    usable = match & ~too_big
     numbers = pd.Series(pd.NA, index=values.index, dtype="Int64")
-    if usable.any():
-        numbers[usable] = digits[usable].astype("int64")
+    plain = text.str.fullmatch(r"[0-9]{1,18}")  # the common shape, converted without a regex per row
+    if plain.any():
+        numbers[plain] = text[plain].astype("int64")
+    too_big = plain & (numbers > maximum)
+    malformed = values.notna() & ~plain
+    if malformed.any():
+        rest = text[malformed]
+        digits = rest.str.extract(r"^\+?0*(\d+)(?:\.0*)?$", expand=False)
+        matched = digits.notna()
+        digits = digits.fillna("")
+        longer = (digits.str.len() > len(str(maximum))) | (
+            (digits.str.len() == len(str(maximum))) & (digits > str(maximum))
+        )
+        usable = matched & ~longer
+        numbers[usable[usable].index] = digits[usable].astype("int64")
+        too_big |= (matched & longer).reindex(values.index, fill_value=False)
+        malformed &= ~matched.reindex(values.index, fill_value=False)
+    numbers[too_big] = pd.NA
     return numbers, malformed, too_big
 
 
 def parse_key(table: Table, column: str) -> pd.Series:
     """Rules invalid_id / id_out_of_range: ids are whole numbers that fit a BIGINT."""
     numbers, malformed, too_big = parse_whole_numbers(table.clean[column], BIGINT_MAX)
-    table.reject(malformed, f"invalid_id: {column} " + quoted(table.clean[column]) + " is not a whole number")
-    table.reject(too_big, f"id_out_of_range: {column} " + quoted(table.clean[column]) + " is too large")
+    shown = quoted(table.clean[column])
+    table.reject(malformed, f"invalid_id: {column} {{}} is not a whole number", shown)
+    table.reject(too_big, f"id_out_of_range: {column} {{}} is too large", shown)
     return numbers
 
 
@@ -219,10 +243,12 @@ def reject_duplicates(table: Table, column: str, values: pd.Series, code: str) -
     if not repeated.any():
         return
     first_row = table.raw.loc[candidates.index, "source_row"].groupby(candidates.values).transform("min")
-    reason = (
-        f"{code}: {column} " + quoted(candidates.astype(str)) + " already at row " + first_row.astype(str)
+    table.reject(
+        repeated.reindex(table.raw.index, fill_value=False),
+        f"{code}: {column} {{}} already at row {{}}",
+        quoted(candidates.astype(str).reindex(table.raw.index)),
+        first_row.reindex(table.raw.index),
     )
-    table.reject(repeated.reindex(table.raw.index, fill_value=False), reason.reindex(table.raw.index))
 
 
 # ---------------------------------------------------------------------------------------
@@ -250,7 +276,7 @@ def reject_malformed_emails(table: Table) -> None:
     """Rule invalid_email: one '@' with text on both sides and a dot in the domain, no spaces."""
     emails = table.clean["email"]
     good = emails.fillna("").str.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+")
-    table.reject(emails.notna() & ~good, "invalid_email: " + quoted(emails))
+    table.reject(emails.notna() & ~good, "invalid_email: {}", quoted(emails))
 
 
 # ---------------------------------------------------------------------------------------
@@ -277,7 +303,7 @@ def normalise_seasons(seasons: pd.Series) -> pd.Series:
 def reject_unknown_seasons(table: Table) -> None:
     """Rule unknown_season: only Spring, Summer, Autumn and Winter are seasons."""
     seasons = table.clean["popular_season"]
-    table.reject(seasons.notna() & ~seasons.isin(SEASONS), "unknown_season: " + quoted(table.raw["popular_season"]))
+    table.reject(seasons.notna() & ~seasons.isin(SEASONS), "unknown_season: {}", quoted(table.raw["popular_season"]))
 
 
 # ---------------------------------------------------------------------------------------
@@ -310,6 +336,12 @@ DATE_FORMATS = (
     (re.compile(r"([A-Za-z]+)\.? (\d{1,2}),? (\d{4})"), "mdy"),  # June 3, 2023
     (re.compile(r"(\d{1,2}) ([A-Za-z]+)\.?,? (\d{4})"), "dmy"),  # 3 June 2023
 )
+FIXED_WIDTH_DATES = (
+    r"\d{4}-\d{2}-\d{2}",
+    r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?",
+    r"\d{4}/\d{2}/\d{2}",
+)
+NAMED_MONTH_DATES = ("%B %d, %Y",)
 AMBIGUOUS_DATE = re.compile(r"\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}")
 
 
@@ -325,12 +357,32 @@ def parse_dates(table: Table, column: str = "booking_date") -> pd.Series:
     month = year.copy()
     day = year.copy()
     unmatched = text.notna()
+    # Fast paths: fixed-width numeric shapes cut into numbers, then named months parsed in C.
+    for shape in FIXED_WIDTH_DATES:
+        if not unmatched.any():
+            break
+        hit = unmatched & text.fillna("").str.fullmatch(shape)
+        if hit.any():
+            found = text[hit]
+            year[hit] = found.str.slice(0, 4).astype("int64")
+            month[hit] = found.str.slice(5, 7).astype("int64")
+            day[hit] = found.str.slice(8, 10).astype("int64")
+            unmatched &= ~hit
+    for fmt in NAMED_MONTH_DATES:
+        if not unmatched.any():
+            break
+        parsed = pd.to_datetime(text[unmatched], format=fmt, errors="coerce")
+        parsed = parsed[parsed.notna()]
+        year[parsed.index], month[parsed.index], day[parsed.index] = (
+            parsed.dt.year, parsed.dt.month, parsed.dt.day,
+        )
+        unmatched[parsed.index] = False
+    # Slow path, for the rest: every accepted shape, told apart from impossible dates.
     for pattern, order in DATE_FORMATS:
         if not unmatched.any():
             break
         parts = text[unmatched].str.extract(f"^{pattern.pattern}$")
-        hit = parts.notna().all(axis=1)
-        parts = parts[hit]
+        parts = parts[parts.notna().all(axis=1)]
         if order == "ymd":
             y, m, d = parts[0], parts[1], parts[2]
         elif order == "mdy":
@@ -340,24 +392,29 @@ def parse_dates(table: Table, column: str = "booking_date") -> pd.Series:
         year[parts.index], month[parts.index], day[parts.index] = (
             pd.to_numeric(y), pd.to_numeric(m), pd.to_numeric(d),
         )
-        unmatched &= ~unmatched.index.isin(parts.index)
+        unmatched[parts.index] = False
     shown = quoted(table.raw[column])
     ambiguous = unmatched & text.fillna("").str.fullmatch(AMBIGUOUS_DATE.pattern)
-    table.reject(ambiguous, "ambiguous_date: " + shown + " (write it as YYYY-MM-DD)")
-    table.reject(unmatched, "invalid_date: " + shown + " is not a recognised date")
+    table.reject(ambiguous, "ambiguous_date: {} (write it as YYYY-MM-DD)", shown)
+    table.reject(unmatched, "invalid_date: {} is not a recognised date", shown)
     matched = year.notna()
     bad_month = matched & month.isna()  # a month name we do not know
-    table.reject(bad_month, "invalid_date: " + shown + " has an unknown month name")
+    table.reject(bad_month, "invalid_date: {} has an unknown month name", shown)
     valid = matched & ~bad_month & (month >= 1) & (month <= 12) & (day >= 1) & (day <= days_in_month(year, month))
-    table.reject(matched & ~bad_month & ~valid, "impossible_date: " + shown + " does not exist")
-    table.reject(valid & ((year < DATE_MIN) | (year > DATE_MAX)), "date_out_of_range: " + shown)
-    iso = pd.Series(pd.NA, index=text.index, dtype=object)
-    good = valid & table.ok
-    iso[good] = (
-        year[good].astype(int).astype(str).str.zfill(4) + "-"
-        + month[good].astype(int).astype(str).str.zfill(2) + "-"
-        + day[good].astype(int).astype(str).str.zfill(2)
-    )
+    table.reject(matched & ~bad_month & ~valid, "impossible_date: {} does not exist", shown)
+    table.reject(valid & ((year < DATE_MIN) | (year > DATE_MAX)), "date_out_of_range: {}", shown)
+    return iso_dates(year, month, day, valid & table.ok)
+
+
+def iso_dates(year: pd.Series, month: pd.Series, day: pd.Series, good: pd.Series) -> pd.Series:
+    """'YYYY-MM-DD' for the rows in `good` (NA elsewhere), built by numpy's calendar."""
+    iso = pd.Series(pd.NA, index=year.index, dtype=object)
+    if good.any():
+        months = (year[good].astype("int64") - 1970) * 12 + month[good].astype("int64") - 1
+        days = months.to_numpy().astype("datetime64[M]").astype("datetime64[D]") + (
+            day[good].astype("int64").to_numpy() - 1
+        )
+        iso[good] = days.astype(str)
     return iso
 
 
@@ -380,9 +437,9 @@ def parse_passengers(table: Table) -> tuple[pd.Series, pd.Series]:
     negative = text.fillna("").str.fullmatch(r"-\d+(?:\.0*)?")
     numbers, malformed, too_big = parse_whole_numbers(text.mask(negative), INT_MAX)
     shown = quoted(table.raw["number_of_passengers"])
-    table.reject(negative | (numbers == 0), "not_positive: number_of_passengers " + shown + " must be at least 1")
-    table.reject(malformed, "invalid_number: number_of_passengers " + shown + " is not a whole number")
-    table.reject(too_big, "out_of_range: number_of_passengers " + shown + " is too large")
+    table.reject(negative | (numbers == 0), "not_positive: number_of_passengers {} must be at least 1", shown)
+    table.reject(malformed, "invalid_number: number_of_passengers {} is not a whole number", shown)
+    table.reject(too_big, "out_of_range: number_of_passengers {} is too large", shown)
     numbers[missing] = 1
     return numbers, missing
 
@@ -397,24 +454,44 @@ def parse_costs(table: Table) -> tuple[pd.Series, pd.Series]:
     """
     text = table.clean["cost_per_passenger"]
     missing = text.isna()
-    parts = text.fillna("").str.extract(r"^(-?)(\d*)(?:\.(\d*))?$")
+    cents = pd.Series(pd.NA, index=text.index, dtype="Int64")
+    # Fast path: '123.45' and '123', the shapes nearly every row has.
+    two_places = text.fillna("").str.fullmatch(r"[0-9]{1,10}\.[0-9]{2}")
+    if two_places.any():
+        cents[two_places] = text[two_places].str.replace(".", "", regex=False).astype("int64")
+    whole_units = text.fillna("").str.fullmatch(r"[0-9]{1,10}")
+    if whole_units.any():
+        cents[whole_units] = text[whole_units].astype("int64") * 100
+    rest = ~missing & ~two_places & ~whole_units
+    if rest.any():
+        cents[rest[rest].index] = parse_other_costs(table, text[rest])
+    return cents, missing
+
+
+def parse_other_costs(table: Table, text: pd.Series) -> pd.Series:
+    """Cents for the amounts not in the common shapes; rejects the malformed ones."""
+    parts = text.str.extract(r"^(-?)(\d*)(?:\.(\d*))?$")
     shaped = parts[1].notna() & ((parts[1] != "") | (parts[2].fillna("") != ""))
     negative = shaped & (parts[0] == "-")
     integer = parts[1].fillna("").str.lstrip("0")
     fraction = parts[2].fillna("")
-    extra = fraction.str.slice(2)
     shown = quoted(table.raw["cost_per_passenger"])
-    table.reject(~missing & ~shaped, "invalid_number: cost_per_passenger " + shown + " is not a plain amount")
-    table.reject(negative, "negative_cost: cost_per_passenger " + shown + " is below zero")
-    table.reject(shaped & extra.str.contains(r"[1-9]"), "too_many_decimals: cost_per_passenger " + shown + " has fractions of a cent")
-    table.reject(shaped & (integer.str.len() > 10), "out_of_range: cost_per_passenger " + shown + " is too large")
-    cents = pd.Series(pd.NA, index=text.index, dtype="Int64")
-    usable = shaped & table.ok & ~missing
+    rows = text.index
+    checks = [
+        (~shaped, "invalid_number: cost_per_passenger {} is not a plain amount"),
+        (negative, "negative_cost: cost_per_passenger {} is below zero"),
+        (shaped & fraction.str.slice(2).str.contains(r"[1-9]"), "too_many_decimals: cost_per_passenger {} has fractions of a cent"),
+        (shaped & (integer.str.len() > 10), "out_of_range: cost_per_passenger {} is too large"),
+    ]
+    for mask, template in checks:
+        table.reject(mask.reindex(table.raw.index, fill_value=False), template, shown)
+    usable = shaped & table.ok[rows]
+    cents = pd.Series(pd.NA, index=rows, dtype="Int64")
     if usable.any():
         whole = integer[usable].replace("", "0").astype("int64")
         frac = fraction[usable].str.slice(0, 2).str.ljust(2, "0").astype("int64")
         cents[usable] = whole * 100 + frac
-    return cents, missing
+    return cents
 
 
 def destination_lookup(destinations: pd.DataFrame) -> tuple[dict[str, int], dict[str, list[int]]]:
@@ -439,9 +516,9 @@ def resolve_destinations(table: Table, destinations: pd.DataFrame) -> None:
     ids = keys.map(unique)
     shown = quoted(table.raw["destination"])
     ambiguous = keys.isin(list(shared)) & table.clean["destination"].notna()
-    listed = keys.map(lambda k: ", ".join(map(str, shared.get(k, []))))
-    table.reject(ambiguous, "ambiguous_destination: " + shown + " names destinations " + listed)
-    table.reject(table.clean["destination"].notna() & ids.isna(), "unknown_destination: " + shown)
+    listed = keys.map(lambda k: ", ".join(map(str, shared[k])) if k in shared else "")
+    table.reject(ambiguous, "ambiguous_destination: {} names destinations {}", shown, listed)
+    table.reject(table.clean["destination"].notna() & ids.isna(), "unknown_destination: {}", shown)
     table.clean["destination_id"] = ids.astype("Int64")
 
 
@@ -452,7 +529,7 @@ def reject_unknown_customers(table: Table, known_ids: Iterable[int]) -> None:
     present = ids.notna()
     found = pd.Series(False, index=ids.index)
     found[present] = np.isin(ids[present].astype("int64").to_numpy(), known)
-    table.reject(present & ~found, "unknown_customer: customer_id " + ids.astype(str) + " is not loaded")
+    table.reject(present & ~found, "unknown_customer: customer_id {} is not loaded", ids)
 
 
 def impute_costs(table: Table) -> int | None:
@@ -647,10 +724,7 @@ def reject_emails_in_use(cur, table: Table) -> None:
     if not holders:
         return
     holder = table.clean["customer_id"].map(holders).astype("Int64")
-    table.reject(
-        holder.notna() & table.ok,
-        "email_in_use: " + quoted(table.clean["email"]) + " belongs to customer_id " + holder.astype(str),
-    )
+    table.reject(holder.notna(), "email_in_use: {} belongs to customer_id {}", quoted(table.clean["email"]), holder)
     cur.execute("DELETE FROM stage_customer WHERE customer_id = ANY(%s)", (list(holders),))
 
 
@@ -742,11 +816,13 @@ def transform_and_load(settings: common.Settings, args) -> int:
     max_rate = settings.max_reject_rate if args.max_reject_rate is None else args.max_reject_rate
     paths = {name: data_dir / f"{name}.csv" for name in common.TABLES}
     raw = {name: read_source(paths[name], name, args.encoding) for name in common.TABLES}
+    log.info("read %s", ", ".join(f"{len(frame)} {name} rows" for name, frame in raw.items()))
 
     customers = cleanse_customers(raw["customer"])
     destinations = cleanse_destinations(raw["destination"])
     bookings = cleanse_bookings(raw["booking"])
     tables = (customers, destinations, bookings)
+    log.info("row rules applied; loading into %s", common.describe_database())
 
     conn = common.connect_db("transform_load")
     try:
@@ -774,6 +850,7 @@ def transform_and_load(settings: common.Settings, args) -> int:
             copy_frame(cur, "stage_booking", bookings.accepted(), LOAD_COLUMNS["booking"])
             for name in ("destination", "customer", "booking"):
                 summaries[name].inserted, summaries[name].updated = upsert(cur, name)
+                log.info("%s: %d inserted, %d updated", name, summaries[name].inserted, summaries[name].updated)
             cur.execute("SET CONSTRAINTS ALL IMMEDIATE")  # surface a deferred e-mail clash here
             if not args.dry_run:
                 record_run(cur, started_at, {n: describe_source(p) for n, p in paths.items()}, summaries)

@@ -203,7 +203,9 @@ def setup_logging(verbose: bool = False) -> None:
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # Progress lines (INFO) on a terminal; in pipes and logs only warnings, so a failure
+    # stays one line. --verbose shows everything.
+    root.setLevel(logging.DEBUG if verbose else logging.INFO if sys.stderr.isatty() else logging.WARNING)
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
