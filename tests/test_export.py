@@ -1,0 +1,743 @@
+"""Stage 4 (batch_transfer_data_to_cloud_storage.py) against moto's S3 server over HTTP and a
+real PostgreSQL: layout, content, manifest, re-runs, failures. Pure parts are tested alone."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import gzip
+import hashlib
+import http.client
+import http.server
+import io
+import json
+import logging
+import re
+import threading
+import zipfile
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from urllib.parse import urlparse
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+import batch_transfer_data_to_cloud_storage as stage
+import transform_load_csv_data
+import waddle_common as common
+from conftest import query
+from services import free_port
+
+DAY = "2024-05-01"
+SUFFIX = {"zip": ".csv.zip", "gzip": ".csv.gz"}
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers
+
+
+@pytest.fixture(autouse=True)
+def quiet_moto_server():
+    """moto's server runs in this process: keep its request log out of the stderr tests read."""
+    logger = logging.getLogger("werkzeug")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    yield
+    logger.setLevel(level)
+
+
+@pytest.fixture
+def loaded_db(schema_db, sample_dir):
+    """The sample dataset loaded by stage 3."""
+    assert transform_load_csv_data.main(["--data-dir", str(sample_dir)]) == 0
+    return schema_db
+
+
+def s3():
+    return boto3.client("s3")
+
+
+def all_keys(bucket: str) -> list[str]:
+    pages = s3().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+
+def get_bytes(bucket: str, key: str) -> bytes:
+    return s3().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def read_manifest(bucket: str, day: str = DAY, prefix: str = "") -> dict:
+    return json.loads(get_bytes(bucket, f"{prefix}{day}/_manifest.json"))
+
+
+def manifest_exists(bucket: str, day: str = DAY, prefix: str = "") -> bool:
+    return f"{prefix}{day}/_manifest.json" in all_keys(bucket)
+
+
+def unpack(body: bytes, compression: str, member: str) -> bytes:
+    """The CSV inside one object; a zip must hold exactly the one expected member."""
+    if compression == "zip":
+        with zipfile.ZipFile(io.BytesIO(body)) as archive:
+            assert archive.namelist() == [member]
+            return archive.read(member)
+    return gzip.decompress(body)
+
+
+def parse_csv(data: bytes) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
+
+
+def exported_tables(bucket: str, manifest: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """table -> (header, rows of every batch in manifest order), checking each object on the way."""
+    result: dict[str, tuple[list[str], list[list[str]]]] = {}
+    for entry in manifest["objects"]:
+        body = get_bytes(bucket, entry["key"])
+        assert len(body) == entry["bytes"]
+        assert hashlib.sha256(body).hexdigest() == entry["sha256"]
+        number = int(re.search(r"_batch_(\d{4})\.", entry["key"]).group(1))
+        member = f"{entry['table']}_{manifest['date']}_batch_{number:04d}.csv"
+        header, *rows = parse_csv(unpack(body, manifest["compression"], member))
+        assert header == manifest["tables"][entry["table"]]["columns"]
+        assert len(rows) == entry["rows"]
+        previous = result.setdefault(entry["table"], (header, []))
+        previous[1].extend(rows)
+    return result
+
+
+# Exported text -> the Python value psycopg2 returns, column by column.
+TYPED = {
+    "customer_id": int, "destination_id": int, "booking_id": int, "number_of_passengers": int,
+    "cost_per_passenger": Decimal, "total_booking_value": Decimal,
+    "booking_date": date.fromisoformat,
+    "passengers_imputed": {"t": True, "f": False}.__getitem__,
+    "cost_imputed": {"t": True, "f": False}.__getitem__,
+}
+
+DB_QUERIES = {
+    "customer": "SELECT customer_id, first_name, last_name, email, phone FROM customer ORDER BY customer_id",
+    "destination": "SELECT destination_id, destination, country, popular_season FROM destination ORDER BY 1",
+    "booking": """
+        SELECT b.booking_id, b.customer_id, b.destination_id, d.destination, d.country, b.booking_date,
+               b.number_of_passengers, b.cost_per_passenger, b.total_booking_value,
+               b.passengers_imputed, b.cost_imputed
+        FROM booking b JOIN destination d USING (destination_id) ORDER BY b.booking_id""",
+}
+
+
+def typed_rows(header: list[str], rows: list[list[str]]) -> list[tuple]:
+    return [tuple(TYPED.get(column, str)(value) for column, value in zip(header, row, strict=True)) for row in rows]
+
+
+def database_rows(url: str, table: str) -> list[tuple]:
+    # csv.reader cannot tell NULL (empty) from "" (quoted): both come back as ''.
+    return [tuple("" if value is None else value for value in row) for row in query(url, DB_QUERIES[table])]
+
+
+def assert_export_equals_database(bucket: str, url: str, manifest: dict) -> None:
+    exported = exported_tables(bucket, manifest)
+    assert set(exported) == set(common.TABLES)
+    for table in common.TABLES:
+        header, rows = exported[table]
+        expected = database_rows(url, table)
+        assert manifest["tables"][table]["rows"] == len(expected)
+        assert typed_rows(header, rows) == expected, table
+
+
+def run(*args: str) -> int:
+    return stage.main(["--date", DAY, *args])
+
+
+def error_lines(capsys) -> list[str]:
+    return capsys.readouterr().err.strip().splitlines()
+
+
+class StoreProxy:
+    """An HTTP proxy on 127.0.0.1 in front of the moto server, to break or observe uploads.
+
+    Object PUTs (bucket/key) are counted: `on_first_put()` runs once before the first one is
+    forwarded; after `refuse_puts_after` of them, later ones get 403 AccessDenied (which
+    botocore does not retry), like a store whose policy changes mid-run.
+    """
+
+    def __init__(self, upstream: str, refuse_puts_after: int | None = None, on_first_put=None):
+        self.upstream = urlparse(upstream)
+        self.refuse_puts_after = refuse_puts_after
+        self.on_first_put = on_first_put
+        self.puts = 0
+        self.refused = 0
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # answers "Expect: 100-continue" at once
+
+            def forward(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                if self.command == "PUT" and outer.is_object(self.path) and not outer.admit():
+                    return self.reply(403, b"<?xml version='1.0' encoding='UTF-8'?>"
+                                      b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>",
+                                      [("Content-Type", "application/xml")])
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "expect"}
+                conn = http.client.HTTPConnection(outer.upstream.hostname, outer.upstream.port, timeout=60)
+                try:
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    answer = conn.getresponse()
+                    data = answer.read()
+                    hop = ("connection", "transfer-encoding", "content-length", "server", "date")
+                    passed = [(k, v) for k, v in answer.getheaders() if k.lower() not in hop]
+                    if self.command == "HEAD":
+                        passed.append(("Content-Length", answer.getheader("Content-Length", "0")))
+                    self.reply(answer.status, data, passed, head=self.command == "HEAD")
+                finally:
+                    conn.close()
+
+            def reply(self, status, data, headers, head=False):
+                self.send_response(status)
+                for key, value in headers:
+                    self.send_header(key, value)
+                if not head:
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @staticmethod
+    def is_object(path: str) -> bool:
+        return "/" in urlparse(path).path.strip("/")
+
+    def admit(self) -> bool:
+        with self.lock:
+            self.puts += 1
+            first = self.puts == 1
+            refuse = self.refuse_puts_after is not None and self.puts > self.refuse_puts_after
+            self.refused += refuse
+        if first and self.on_first_put:
+            self.on_first_put()
+        return not refuse
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> "StoreProxy":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# ---------------------------------------------------------------------------------------
+# Pure parts
+
+
+@pytest.mark.parametrize(
+    "prefix, table, number, compression, expected",
+    [
+        ("", "booking", 1, "zip", "2024-05-01/booking/booking_2024-05-01_batch_0001.csv.zip"),
+        ("exports/", "customer", 12, "gzip", "exports/2024-05-01/customer/customer_2024-05-01_batch_0012.csv.gz"),
+        ("a/b/", "destination", 9999, "zip", "a/b/2024-05-01/destination/destination_2024-05-01_batch_9999.csv.zip"),
+    ],
+)
+def test_export_key_names(prefix, table, number, compression, expected):
+    assert stage.batch_key(prefix, DAY, table, number, compression) == expected
+    assert stage.member_name(table, DAY, number) == expected.rsplit("/", 1)[1].rsplit(".", 1)[0]
+
+
+@pytest.mark.parametrize("prefix", ["exports/", "a/b/", ""])
+def test_export_prefix_empty_or_a_folder_is_accepted(prefix):
+    assert stage.check_prefix(prefix) == prefix
+
+
+@pytest.mark.parametrize("prefix", ["exports", "a/b", "/", "/exports/"])
+def test_export_prefix_without_trailing_or_with_leading_slash_is_refused(prefix):
+    with pytest.raises(common.ConfigError):
+        stage.check_prefix(prefix)
+
+
+ROWS = [
+    b'1,plain,,t\n',
+    b'2,"with ""quotes"", a comma",x,f\n',
+    b'3,"two\nlines",,t\n',
+    b'4,"ends with newline\n","",f\n',
+    b'5,\xc3\xa9t\xc3\xa9,y,t\n',
+]
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 3, 7])
+def test_export_batch_writer_cuts_whole_rows_however_chunked(chunk):
+    batches = []
+    writer = stage.BatchWriter(b"id,text,other,flag\n", 2, lambda n, rows, data: batches.append((n, rows, data)))
+    stream = b"".join(ROWS)
+    pieces = ROWS if chunk is None else [stream[i:i + chunk] for i in range(0, len(stream), chunk)]
+    for piece in pieces:
+        writer.write(piece)
+    writer.finish()
+
+    assert [(n, rows) for n, rows, _ in batches] == [(1, 2), (2, 2), (3, 1)]
+    assert [data for _, _, data in batches] == [
+        b"id,text,other,flag\n" + ROWS[0] + ROWS[1],
+        b"id,text,other,flag\n" + ROWS[2] + ROWS[3],
+        b"id,text,other,flag\n" + ROWS[4],
+    ]
+    assert writer.total_rows == 5
+
+
+def test_export_batch_writer_full_last_batch_and_empty_table():
+    batches = []
+    writer = stage.BatchWriter(b"h\n", 2, lambda n, rows, data: batches.append((n, rows, data)))
+    writer.write(b"1\n")
+    writer.write(b"2\n")
+    writer.finish()
+    assert batches == [(1, 2, b"h\n1\n2\n")]  # no empty trailing batch
+
+    batches.clear()
+    empty = stage.BatchWriter(b"h\n", 2, lambda n, rows, data: batches.append((n, rows, data)))
+    empty.finish()
+    assert batches == [(1, 0, b"h\n")]  # readers always find the columns
+
+
+def test_export_batch_writer_refuses_a_cut_off_row():
+    writer = stage.BatchWriter(b"h\n", 10, lambda *batch: None)
+    writer.write(b'1,"open quote\n')
+    with pytest.raises(common.PipelineError):
+        writer.finish()
+
+
+@pytest.mark.parametrize("compression", ["zip", "gzip"])
+def test_export_compress_batch_round_trips_and_is_deterministic(compression):
+    data = b"id,text\n" + b"".join(b"%d,row number %d\n" % (i, i) for i in range(2000))
+    member = stage.member_name("customer", DAY, 1)
+    body = stage.compress_batch(data, member, compression, 6, DAY)
+
+    assert unpack(body, compression, member) == data
+    assert len(body) < len(data) / 3
+    assert stage.compress_batch(data, member, compression, 6, DAY) == body
+    if compression == "zip":
+        info = zipfile.ZipFile(io.BytesIO(body)).getinfo(member)
+        assert info.compress_type == zipfile.ZIP_DEFLATED
+        assert info.date_time == (2024, 5, 1, 0, 0, 0)
+
+
+def plan(**overrides) -> stage.ExportPlan:
+    values = dict(bucket="b", prefix="exports/", day=DAY, compression="zip", compression_level=6,
+                  batch_size=2, workers=1, sse="AES256", kms_key_id="")
+    values.update(overrides)
+    return stage.ExportPlan(**values)
+
+
+def test_export_build_manifest_follows_the_contract():
+    def made(table, number, rows, size, sha256):
+        key = stage.batch_key("exports/", DAY, table, number, "zip")
+        return stage.ExportedObject(key, table, number, rows, size, sha256)
+
+    objects = [
+        made("booking", 2, 1, 30, "b2"), made("customer", 1, 0, 10, "c1"),
+        made("booking", 1, 2, 40, "b1"), made("destination", 1, 2, 20, "d1"),
+    ]
+    at = datetime(2024, 5, 1, 6, 30, 15, 123456, tzinfo=timezone.utc)
+
+    manifest = stage.build_manifest(plan(), at, objects)
+
+    assert manifest == {
+        "format_version": 1,
+        "date": "2024-05-01",
+        "prefix": "exports/2024-05-01/",
+        "exported_at": "2024-05-01T06:30:15Z",
+        "tool": "data-waddle",
+        "tool_version": common.__version__,
+        "compression": "zip",
+        "tables": {
+            "customer": {"columns": ["customer_id", "first_name", "last_name", "email", "phone"], "rows": 0},
+            "destination": {"columns": ["destination_id", "destination", "country", "popular_season"], "rows": 2},
+            "booking": {
+                "columns": ["booking_id", "customer_id", "destination_id", "destination", "country", "booking_date",
+                            "number_of_passengers", "cost_per_passenger", "total_booking_value",
+                            "passengers_imputed", "cost_imputed"],
+                "rows": 3,
+            },
+        },
+        "objects": [
+            {"key": o.key, "table": o.table, "rows": o.rows, "bytes": o.bytes, "sha256": o.sha256}
+            for o in (objects[2], objects[0], objects[1], objects[3])
+        ],
+    }
+    assert [o["key"] for o in manifest["objects"]] == sorted(o["key"] for o in manifest["objects"])
+
+
+def client_error(code: str, operation: str = "PutObject", status: int = 400) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": "msg"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                       operation)
+
+
+@pytest.mark.parametrize(
+    "exc, expected",
+    [
+        (NoCredentialsError(), "no AWS credentials found"),
+        (EndpointConnectionError(endpoint_url="http://127.0.0.1:9/b"), "cannot reach the S3 endpoint"),
+        (client_error("NoSuchBucket", status=404), "bucket b does not exist"),
+        (client_error("404", "HeadBucket", 404), "bucket b does not exist"),
+        (client_error("AccessDenied", status=403), "access denied (AccessDenied) to bucket b"),
+        (client_error("InvalidAccessKeyId", status=403), "access denied (InvalidAccessKeyId) to bucket b"),
+        (client_error("SlowDown", status=503), "S3 refused uploading k in bucket b (SlowDown: msg)"),
+    ],
+    ids=["credentials", "endpoint", "no-such-bucket", "head-404", "denied", "bad-key", "other"],
+)
+def test_export_storage_errors_are_one_clear_line(exc, expected):
+    error = stage.storage_error(exc, "b", "uploading k")
+    assert isinstance(error, common.PipelineError) and error.exit_code == 1
+    assert expected in str(error)
+    assert "\n" not in str(error)
+
+
+@pytest.mark.parametrize(
+    "env, argv",
+    [
+        ({"S3_PREFIX": "exports"}, []),
+        ({"EXPORT_COMPRESSION": "rar"}, []),
+        ({"EXPORT_COMPRESSION_LEVEL": "12"}, []),
+        ({"EXPORT_BATCH_SIZE": "0"}, []),
+        ({"S3_SSE": "none"}, []),
+        ({"S3_KMS_KEY_ID": "alias/x"}, []),
+        ({}, ["--date", "2024-13-01"]),
+        ({}, ["--date", "20240501"]),
+        ({}, ["--batch-size", "0"]),
+        ({}, ["--compression", "rar"]),
+    ],
+    ids=["prefix", "compression", "level", "batch-env", "sse", "kms-without-sse", "date", "date-basic",
+         "batch-flag", "compression-flag"],
+)
+def test_export_bad_settings_exit_2_before_touching_anything(monkeypatch, capsys, env, argv):
+    monkeypatch.setenv("S3_BUCKET_NAME", "never-contacted")
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://nobody@127.0.0.1:{free_port()}/none")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert stage.main(argv) == 2
+    assert capsys.readouterr().err.strip()
+
+
+def test_export_missing_bucket_name_exits_2(monkeypatch, capsys):
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://nobody@127.0.0.1:{free_port()}/none")
+    assert run() == 2
+    assert len(error_lines(capsys)) == 1
+
+
+def test_export_default_day_is_today_in_utc():
+    args = stage.build_parser().parse_args([])
+    settings = common.Settings.from_env({"S3_BUCKET_NAME": "b"})
+    assert stage.make_plan(settings, args, today=date(2030, 1, 2)).day == "2030-01-02"
+    before = datetime.now(timezone.utc).date().isoformat()
+    day = stage.make_plan(settings, args).day
+    assert day in (before, datetime.now(timezone.utc).date().isoformat())
+
+
+# ---------------------------------------------------------------------------------------
+# Against PostgreSQL and the S3 server
+
+
+def test_export_writes_layout_content_manifest_and_encryption(loaded_db, s3_bucket, capsys):
+    assert run() == 0
+    out = capsys.readouterr().out
+
+    manifest = read_manifest(s3_bucket)
+    keys = [o["key"] for o in manifest["objects"]]
+    assert keys == [
+        "2024-05-01/booking/booking_2024-05-01_batch_0001.csv.zip",
+        "2024-05-01/customer/customer_2024-05-01_batch_0001.csv.zip",
+        "2024-05-01/destination/destination_2024-05-01_batch_0001.csv.zip",
+    ]
+    assert all_keys(s3_bucket) == sorted(keys + ["2024-05-01/_manifest.json"])
+    assert manifest["format_version"] == 1
+    assert manifest["date"] == DAY
+    assert manifest["prefix"] == "2024-05-01/"
+    assert manifest["tool"] == "data-waddle" and manifest["tool_version"] == common.__version__
+    assert manifest["compression"] == "zip"
+    exported_at = datetime.fromisoformat(manifest["exported_at"])
+    assert manifest["exported_at"].endswith("Z") and exported_at.utcoffset().total_seconds() == 0
+    assert abs((datetime.now(timezone.utc) - exported_at).total_seconds()) < 600
+    assert {t: manifest["tables"][t]["columns"] for t in common.TABLES} == {
+        t: list(stage.EXPORT_COLUMNS[t]) for t in common.TABLES
+    }
+    for table in common.TABLES:
+        assert manifest["tables"][table]["rows"] == query(loaded_db, f"SELECT count(*) FROM {table}")[0][0] > 0
+
+    assert_export_equals_database(s3_bucket, loaded_db, manifest)
+
+    for key in all_keys(s3_bucket):
+        head = s3().head_object(Bucket=s3_bucket, Key=key, ChecksumMode="ENABLED")
+        assert head["ServerSideEncryption"] == "AES256"
+        if key.endswith(".zip"):
+            entry = next(o for o in manifest["objects"] if o["key"] == key)
+            # The store kept the SHA-256 the upload declared, and it is the manifest's.
+            assert base64.b64decode(head["ChecksumSHA256"]).hex() == entry["sha256"]
+            assert head["ContentType"] == "application/zip"
+    for table in common.TABLES:
+        assert re.search(rf"^{table}\s+1\s+{manifest['tables'][table]['rows']}\s+\d+$", out, re.M)
+
+
+def test_export_money_dates_and_booleans_are_plain_text(loaded_db, s3_bucket):
+    first = "(SELECT min(booking_id) FROM booking)"
+    query(loaded_db, f"UPDATE booking SET passengers_imputed = true WHERE booking_id = {first}")
+    assert run() == 0
+    manifest = read_manifest(s3_bucket)
+    header, rows = exported_tables(s3_bucket, manifest)["booking"]
+    columns = {name: [row[i] for row in rows] for i, name in enumerate(header)}
+
+    assert all(re.fullmatch(r"\d+\.\d{2}", v) for v in columns["cost_per_passenger"] + columns["total_booking_value"])
+    assert all(re.fullmatch(r"\d{4}-\d{2}-\d{2}", v) for v in columns["booking_date"])
+    assert set(columns["passengers_imputed"]) == {"t", "f"}
+    assert set(columns["cost_imputed"]) <= {"t", "f"}
+    for row in rows:
+        value = dict(zip(header, row, strict=True))
+        assert Decimal(value["total_booking_value"]) == (
+            Decimal(value["cost_per_passenger"]) * int(value["number_of_passengers"])
+        )
+
+
+def test_export_special_values_round_trip_exactly(schema_db, s3_bucket):
+    query(schema_db, "INSERT INTO destination VALUES (1, 'São Paulo, \"SP\"', 'Brazil', 'Summer')")
+    query(
+        schema_db,
+        """INSERT INTO customer VALUES
+             (1, E'Two\\nLines', 'O''Brien, Jr.', 'a@example.com', NULL),
+             (2, 'Zoë', '"Quoted"', 'b@example.com', ''),
+             (3, 'Plain', 'Name', 'c@example.com', '555-0100')""",
+    )
+    query(schema_db, "INSERT INTO booking VALUES (7, 1, 1, '2024-02-29', 3, 33.33, 99.99, false, true)")
+    # A server whose sessions write dates as 29/02/2024 must not change the files.
+    query(schema_db, f"ALTER DATABASE {urlparse(schema_db).path.lstrip('/')} SET DateStyle TO 'SQL, DMY'")
+
+    assert run("--batch-size", "1") == 0
+    manifest = read_manifest(s3_bucket)
+    customers = [
+        unpack(get_bytes(s3_bucket, o["key"]), "zip", o["key"].rsplit("/", 1)[1][: -len(".zip")])
+        for o in manifest["objects"] if o["table"] == "customer"
+    ]
+    header = b"customer_id,first_name,last_name,email,phone\n"
+    assert customers == [
+        header + b'1,"Two\nLines","O\'Brien, Jr.",a@example.com,\n',  # NULL: empty, unquoted
+        header + b'2,Zo\xc3\xab,"""Quoted""",b@example.com,""\n',  # empty text: ""
+        header + b"3,Plain,Name,c@example.com,555-0100\n",
+    ]
+    booking = [o for o in manifest["objects"] if o["table"] == "booking"]
+    assert unpack(get_bytes(s3_bucket, booking[0]["key"]), "zip", "booking_2024-05-01_batch_0001.csv") == (
+        b"booking_id,customer_id,destination_id,destination,country,booking_date,number_of_passengers,"
+        b"cost_per_passenger,total_booking_value,passengers_imputed,cost_imputed\n"
+        b'7,1,1,"S\xc3\xa3o Paulo, ""SP""",Brazil,2024-02-29,3,33.33,99.99,f,t\n'
+    )
+
+
+@pytest.mark.parametrize("how", ["env", "flag"])
+def test_export_gzip_mode(loaded_db, s3_bucket, monkeypatch, how):
+    monkeypatch.setenv("S3_PREFIX", "exports/")
+    if how == "env":
+        monkeypatch.setenv("EXPORT_COMPRESSION", "gzip")
+        monkeypatch.setenv("EXPORT_COMPRESSION_LEVEL", "9")
+        assert run() == 0
+    else:
+        monkeypatch.setenv("EXPORT_COMPRESSION", "zip")
+        assert run("--compression", "gzip") == 0
+
+    manifest = read_manifest(s3_bucket, prefix="exports/")
+    assert manifest["compression"] == "gzip"
+    assert manifest["prefix"] == "exports/2024-05-01/"
+    assert all_keys(s3_bucket) == sorted([
+        "exports/2024-05-01/_manifest.json",
+        "exports/2024-05-01/booking/booking_2024-05-01_batch_0001.csv.gz",
+        "exports/2024-05-01/customer/customer_2024-05-01_batch_0001.csv.gz",
+        "exports/2024-05-01/destination/destination_2024-05-01_batch_0001.csv.gz",
+    ])
+    for entry in manifest["objects"]:
+        body = get_bytes(s3_bucket, entry["key"])
+        assert body[:2] == b"\x1f\x8b"
+        assert s3().head_object(Bucket=s3_bucket, Key=entry["key"])["ContentType"] == "application/gzip"
+    assert_export_equals_database(s3_bucket, loaded_db, manifest)
+
+
+def test_export_small_batch_size_gives_several_batches(loaded_db, s3_bucket):
+    assert run("--batch-size", "30", "--workers", "3") == 0
+
+    manifest = read_manifest(s3_bucket)
+    for table in common.TABLES:
+        total = manifest["tables"][table]["rows"]
+        entries = [o for o in manifest["objects"] if o["table"] == table]
+        expected_batches = -(-total // 30)
+        assert [o["key"] for o in entries] == [
+            stage.batch_key("", DAY, table, n, "zip") for n in range(1, expected_batches + 1)
+        ]
+        assert [o["rows"] for o in entries] == [30] * (expected_batches - 1) + [total - 30 * (expected_batches - 1)]
+    assert len([o for o in manifest["objects"] if o["table"] == "booking"]) > 2
+    assert_export_equals_database(s3_bucket, loaded_db, manifest)
+
+
+def test_export_batch_size_from_environment(loaded_db, s3_bucket, monkeypatch):
+    monkeypatch.setenv("EXPORT_BATCH_SIZE", "100")
+    assert run() == 0
+    manifest = read_manifest(s3_bucket)
+    rows = manifest["tables"]["customer"]["rows"]
+    assert len([o for o in manifest["objects"] if o["table"] == "customer"]) == -(-rows // 100)
+
+
+def test_export_rerun_same_day_replaces_the_export(loaded_db, s3_bucket):
+    assert run("--batch-size", "20") == 0
+    first = read_manifest(s3_bucket)
+    first_keys = {o["key"] for o in first["objects"]}
+    bookings_before = first["tables"]["booking"]["rows"]
+    query(loaded_db, "DELETE FROM booking WHERE booking_id NOT IN (SELECT booking_id FROM booking ORDER BY 1 LIMIT 50)")
+
+    assert run("--batch-size", "20") == 0
+
+    second = read_manifest(s3_bucket)
+    assert second["tables"]["booking"]["rows"] == 50 < bookings_before
+    booking_keys = [o["key"] for o in second["objects"] if o["table"] == "booking"]
+    assert booking_keys == [stage.batch_key("", DAY, "booking", n, "zip") for n in (1, 2, 3)]
+    assert all_keys(s3_bucket) == sorted([o["key"] for o in second["objects"]] + ["2024-05-01/_manifest.json"])
+    assert first_keys - set(all_keys(s3_bucket))  # the earlier run's extra batches are gone
+    assert_export_equals_database(s3_bucket, loaded_db, second)
+
+    # A third run in the other format leaves none of the zip objects behind.
+    assert run("--compression", "gzip") == 0
+    assert all(key.endswith((".csv.gz", "_manifest.json")) for key in all_keys(s3_bucket))
+    assert len(all_keys(s3_bucket)) == 4
+
+
+def test_export_other_days_and_foreign_objects_are_left_alone(loaded_db, s3_bucket):
+    s3().put_object(Bucket=s3_bucket, Key="2024-05-01/notes.txt", Body=b"kept")
+    assert stage.main(["--date", "2024-04-30"]) == 0
+    assert run() == 0
+    assert run() == 0
+    keys = all_keys(s3_bucket)
+    assert "2024-05-01/notes.txt" in keys
+    assert "2024-04-30/_manifest.json" in keys
+    assert len([k for k in keys if k.startswith("2024-04-30/")]) == 4
+
+
+def test_export_empty_tables_have_one_header_only_object_each(schema_db, s3_bucket):
+    assert run() == 0
+    manifest = read_manifest(s3_bucket)
+    assert [(o["table"], o["rows"]) for o in manifest["objects"]] == [
+        ("booking", 0), ("customer", 0), ("destination", 0),
+    ]
+    exported = exported_tables(s3_bucket, manifest)
+    assert {t: exported[t] for t in common.TABLES} == {t: (list(stage.EXPORT_COLUMNS[t]), []) for t in common.TABLES}
+
+
+def test_export_kms_encryption(loaded_db, s3_bucket, monkeypatch):
+    monkeypatch.setenv("S3_SSE", "aws:kms")
+    monkeypatch.setenv("S3_KMS_KEY_ID", "alias/waddle-exports")
+    assert run() == 0
+    for key in all_keys(s3_bucket):
+        head = s3().head_object(Bucket=s3_bucket, Key=key)
+        assert head["ServerSideEncryption"] == "aws:kms"
+        assert head["SSEKMSKeyId"].endswith("alias/waddle-exports")
+
+
+def test_export_snapshot_ignores_changes_committed_during_the_run(loaded_db, s3_bucket, monkeypatch, moto_endpoint):
+    """A load that commits while the export runs changes nothing in it: the first upload
+    happens while customers are still being read (the queue holds 2 batches), and the change
+    lands before destination and booking are read, yet neither shows it."""
+    before = {table: database_rows(loaded_db, table) for table in common.TABLES}
+    booking_id, customer_id, destination_id = query(
+        loaded_db,
+        "SELECT (SELECT max(booking_id) + 1 FROM booking), (SELECT max(customer_id) + 1 FROM customer), "
+        "(SELECT min(destination_id) FROM booking)",
+    )[0]
+
+    def concurrent_load():
+        query(loaded_db, "INSERT INTO customer VALUES (%s, 'New', 'Customer', 'new@example.com', NULL)", (customer_id,))
+        query(loaded_db, "INSERT INTO booking VALUES (%s, %s, %s, '2024-01-01', 1, 10.00, 10.00)",
+              (booking_id, customer_id, destination_id))
+        query(loaded_db, "UPDATE destination SET destination = 'Renamed' WHERE destination_id = %s", (destination_id,))
+        query(loaded_db, "DELETE FROM booking WHERE booking_id = (SELECT min(booking_id) FROM booking)")
+
+    with StoreProxy(moto_endpoint, on_first_put=concurrent_load) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        assert run("--batch-size", "10", "--workers", "1") == 0
+        assert proxy.puts > 1
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    manifest = read_manifest(s3_bucket)
+    exported = exported_tables(s3_bucket, manifest)
+    for table in common.TABLES:
+        header, rows = exported[table]
+        assert typed_rows(header, rows) == before[table], table
+    assert database_rows(loaded_db, "booking") != before["booking"]  # the change did happen
+
+
+def test_export_failure_part_way_leaves_no_manifest(loaded_db, s3_bucket, monkeypatch, moto_endpoint, capsys):
+    assert run("--batch-size", "20") == 0
+    assert manifest_exists(s3_bucket)
+    capsys.readouterr()
+
+    with StoreProxy(moto_endpoint, refuse_puts_after=3) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        code = run("--batch-size", "10")
+        assert proxy.refused >= 1
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    assert code == 1
+    lines = error_lines(capsys)
+    assert len(lines) == 1 and lines[0].startswith("batch_transfer_data_to_cloud_storage: error: access denied")
+    assert not manifest_exists(s3_bucket)  # the day is not visible: neither run's export
+
+    # The next good run brings the day back, with no leftovers of either earlier run.
+    assert run("--batch-size", "20") == 0
+    manifest = read_manifest(s3_bucket)
+    assert all_keys(s3_bucket) == sorted([o["key"] for o in manifest["objects"]] + ["2024-05-01/_manifest.json"])
+
+
+def test_export_missing_bucket_exits_1_with_one_line(loaded_db, s3_bucket, monkeypatch, capsys):
+    monkeypatch.setenv("S3_BUCKET_NAME", f"{s3_bucket}-missing")
+    assert run() == 1
+    lines = error_lines(capsys)
+    assert len(lines) == 1 and f"bucket {s3_bucket}-missing does not exist" in lines[0]
+    assert all_keys(s3_bucket) == []
+
+
+def test_export_database_unreachable_exits_1_and_keeps_the_old_export(s3_bucket, monkeypatch, capsys):
+    s3().put_object(Bucket=s3_bucket, Key="2024-05-01/_manifest.json", Body=b"{}")
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://waddle:sekrit-pw@127.0.0.1:{free_port()}/travel")
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "2")
+
+    assert run() == 1
+
+    lines = error_lines(capsys)
+    assert len(lines) == 1 and lines[0].startswith("batch_transfer_data_to_cloud_storage: error: cannot connect")
+    assert "sekrit-pw" not in lines[0]
+    assert all_keys(s3_bucket) == ["2024-05-01/_manifest.json"]
+
+
+def test_export_help_exits_0(capsys):
+    assert stage.main(["--help"]) == 0
+    assert "--batch-size" in capsys.readouterr().out
+
+
+def test_export_make_plan_applies_flags_over_settings():
+    settings = common.Settings.from_env({
+        "S3_BUCKET_NAME": "b", "S3_PREFIX": "p/", "EXPORT_BATCH_SIZE": "5", "EXPORT_COMPRESSION": "GZIP",
+        "S3_SSE": "aws:kms", "S3_KMS_KEY_ID": "k",
+    })
+    args = argparse.Namespace(date="2024-01-31", batch_size=7, compression="zip", workers=3)
+    assert stage.make_plan(settings, args) == stage.ExportPlan(
+        bucket="b", prefix="p/", day="2024-01-31", compression="zip", compression_level=6,
+        batch_size=7, workers=3, sse="aws:kms", kms_key_id="k",
+    )
+    args = argparse.Namespace(date=None, batch_size=None, compression=None, workers=None)
+    result = stage.make_plan(settings, args, today=date(2024, 2, 1))
+    assert (result.day, result.batch_size, result.compression, result.workers) == (
+        "2024-02-01", 5, "gzip", stage.DEFAULT_WORKERS,
+    )
