@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse, urlunparse
 
@@ -52,17 +53,21 @@ def clean_environment(monkeypatch, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url(tmp_path_factory):
+def pg_admin_url():
     """A superuser URL on a real server: TEST_DATABASE_URL, or an embedded one we start."""
     given = os.environ.get("TEST_DATABASE_URL")
     if given:
         yield given
         return
-    server = services.EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data").start()
+    # Not under pytest's basetemp: pytest prunes old basetemps, which would pull the data
+    # folder from under a server another concurrent session is still using.
+    folder = Path(tempfile.mkdtemp(prefix="waddle-pg-"))
+    server = services.EmbeddedPostgres(folder / "data").start()
     try:
         yield server.url()
     finally:
         server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def with_database(url: str, dbname: str) -> str:
