@@ -620,16 +620,15 @@ def repaired_rows(table: Table) -> pd.Series:
     return changed
 
 
-def check_reject_rates(tables: Sequence[Table], max_rate: float) -> None:
+def check_reject_rates(summaries: dict[str, TableSummary], max_rate: float) -> None:
     """Refuse the whole load when a table lost more than `max_rate` of its rows, or has none."""
-    for table in tables:
-        summary = summarise(table)
+    for name, summary in summaries.items():
         if summary.read == 0:
-            raise common.ConfigError(f"{table.name}.csv has no data rows; nothing was loaded")
+            raise common.ConfigError(f"{name}.csv has no data rows; nothing was loaded")
         rate = summary.rejected / summary.read
         if rate > max_rate:
             raise common.ConfigError(
-                f"{table.name}: {summary.rejected} of {summary.read} rows rejected ({rate:.1%}), "
+                f"{name}: {summary.rejected} of {summary.read} rows rejected ({rate:.1%}), "
                 f"above MAX_REJECT_RATE {max_rate:.1%}; nothing was loaded. "
                 f"See the rejects file for reasons."
             )
@@ -843,8 +842,8 @@ def transform_and_load(settings: common.Settings, args) -> int:
             resolve_bookings(bookings, known_destinations, known_customers)
 
             write_rejects(tables, rejects_dir)
-            check_reject_rates(tables, max_rate)
             summaries = {t.name: summarise(t) for t in tables}
+            check_reject_rates(summaries, max_rate)
 
             copy_frame(cur, "stage_destination", destinations.accepted(), LOAD_COLUMNS["destination"])
             copy_frame(cur, "stage_booking", bookings.accepted(), LOAD_COLUMNS["booking"])
@@ -852,10 +851,10 @@ def transform_and_load(settings: common.Settings, args) -> int:
                 summaries[name].inserted, summaries[name].updated = upsert(cur, name)
                 log.info("%s: %d inserted, %d updated", name, summaries[name].inserted, summaries[name].updated)
             cur.execute("SET CONSTRAINTS ALL IMMEDIATE")  # surface a deferred e-mail clash here
-            if not args.dry_run:
-                record_run(cur, started_at, {n: describe_source(p) for n, p in paths.items()}, summaries)
             if args.dry_run:
                 conn.rollback()
+            else:
+                record_run(cur, started_at, {n: describe_source(p) for n, p in paths.items()}, summaries)
     except psycopg2.Error as exc:
         raise common.PipelineError(
             f"load failed and was rolled back, no table changed: {common.first_line(common.redact(exc))}"

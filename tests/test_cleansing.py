@@ -288,7 +288,8 @@ def test_read_source_refuses_bad_files(tmp_path, content, message):
 
 def test_check_reject_rates_refuses_above_limit():
     table = stage.cleanse_customers(raw(CUSTOMER_HEADER, customer("1"), customer("x")))
+    summaries = {"customer": stage.summarise(table)}
     with pytest.raises(common.ConfigError) as info:
-        stage.check_reject_rates([table], 0.10)
+        stage.check_reject_rates(summaries, 0.10)
     assert "1 of 2 rows rejected" in str(info.value)
-    stage.check_reject_rates([table], 0.5)
+    stage.check_reject_rates(summaries, 0.5)
