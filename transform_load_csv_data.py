@@ -47,7 +47,7 @@ MAX_TOTAL_CENTS = 10**18 - 1  # keeps the product exact in int64
 DATE_MIN, DATE_MAX = 1900, 2100  # booking years outside this range are typing errors
 LOAD_LOCK_KEY = 0x5741_4444  # pg advisory lock shared by every loader ("WADD")
 
-# The columns loaded into each table, in COPY order.
+# The columns loaded into each table, in COPY order; tables in foreign-key order (parents first).
 LOAD_COLUMNS: dict[str, tuple[str, ...]] = {
     "destination": ("destination_id", "destination", "country", "popular_season"),
     "customer": ("customer_id", "first_name", "last_name", "email", "phone"),
@@ -87,7 +87,6 @@ def read_source(path: Path, table: str, encoding: str = "utf-8") -> pd.DataFrame
     """
     if not path.is_file():
         raise common.ConfigError(f"{path} not found; run download_dataset.py or pass --data-dir")
-    py_encoding = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
     try:
         header = common.read_header(path, encoding)
         names = unique_header(header, path)
@@ -98,7 +97,7 @@ def read_source(path: Path, table: str, encoding: str = "utf-8") -> pd.DataFrame
             )
         frame = pd.read_csv(
             path, header=0, names=names, dtype=str, keep_default_na=False, na_filter=False,
-            encoding=py_encoding, skip_blank_lines=True,
+            encoding=common.python_encoding(encoding), skip_blank_lines=True,
         )
     except UnicodeDecodeError as exc:
         raise common.ConfigError(
@@ -847,7 +846,7 @@ def transform_and_load(settings: common.Settings, args) -> int:
 
             copy_frame(cur, "stage_destination", destinations.accepted(), LOAD_COLUMNS["destination"])
             copy_frame(cur, "stage_booking", bookings.accepted(), LOAD_COLUMNS["booking"])
-            for name in ("destination", "customer", "booking"):
+            for name in LOAD_COLUMNS:
                 summaries[name].inserted, summaries[name].updated = upsert(cur, name)
                 log.info("%s: %d inserted, %d updated", name, summaries[name].inserted, summaries[name].updated)
             cur.execute("SET CONSTRAINTS ALL IMMEDIATE")  # surface a deferred e-mail clash here

@@ -270,9 +270,14 @@ def normalise_column(name: str) -> str:
     return re.sub(r"\s+", "_", name.strip().lstrip("\ufeff").strip().lower())
 
 
+def python_encoding(encoding: str) -> str:
+    """The codec to open a CSV with: UTF-8 files may start with a BOM, which is not data."""
+    return "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+
+
 def read_header(path: Path, encoding: str = "utf-8") -> list[str]:
     """The normalised column names of a CSV file's first record ([] for an empty file)."""
-    with open(path, newline="", encoding="utf-8-sig" if encoding.lower() in ("utf-8", "utf8") else encoding) as fh:
+    with open(path, newline="", encoding=python_encoding(encoding)) as fh:
         row = next(csv.reader(fh), [])
     return [normalise_column(c) for c in row]
 
