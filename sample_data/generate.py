@@ -8,6 +8,10 @@ the shipped sample in this folder was made with:
 
     python sample_data/generate.py --customers 200 --bookings 200 --dirty --out sample_data
 
+`--rows N` is short for `--customers N --bookings N` (what the benchmarks use):
+
+    python sample_data/generate.py --rows 1000000 --out /tmp/travel-1m
+
 The same seed and sizes always give the same bytes.
 """
 
@@ -117,14 +121,24 @@ def write(frames: dict[str, pd.DataFrame], out: Path) -> None:
         frame.to_csv(out / f"{table}.csv", index=(table == "booking"), lineterminator="\n")
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--customers", type=int, default=200)
-    parser.add_argument("--bookings", type=int, default=200)
+    parser.add_argument("--rows", type=positive, metavar="N", help="N customers and N bookings")
+    parser.add_argument("--customers", type=positive, default=200)
+    parser.add_argument("--bookings", type=positive, default=200)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--dirty", action="store_true", help="append the deliberately dirty rows")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    if args.rows:
+        args.customers = args.bookings = args.rows
     frames = generate(args.customers, args.bookings, args.seed)
     if args.dirty:
         frames = add_dirty_rows(frames)
