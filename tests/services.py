@@ -95,7 +95,9 @@ class EmbeddedPostgres:
         fresh = not (self.datadir / "PG_VERSION").exists()
         if fresh:
             self.datadir.chmod(0o700)
-            self.password_file.write_text(secrets.token_urlsafe(24) + "\n")
+            # 32+ characters with letters and digits: passes the pipeline's password check,
+            # so no test sees its weak-password warning by chance.
+            self.password_file.write_text(f"Pw1-{secrets.token_urlsafe(24)}\n")
             self.password_file.chmod(0o600)
         self._prepare_root()
         if fresh:
