@@ -3,6 +3,14 @@
 -- Run with:  psql -v ON_ERROR_STOP=1 -f travel.sql
 -- Safe to run again on a loaded database: it only creates what is missing and never
 -- drops or rewrites anything that holds data.
+--
+-- It also creates two NOLOGIN group roles (when the executing user may create roles) and
+-- sets their privileges on these tables to exactly:
+--   travel_loader  read, insert and update the pipeline's tables and the audit tables;
+--                  TEMP tables (for staging). No DELETE, TRUNCATE, DROP or CREATE.
+--   travel_reader  read only (the export).
+-- PUBLIC gets no table privilege: customer holds personal data. An administrator gives a
+-- login user one group role: CREATE ROLE etl LOGIN PASSWORD '...'; GRANT travel_loader TO etl;
 
 SET client_min_messages = warning;  -- quiet "already exists, skipping" on re-runs
 
@@ -72,5 +80,85 @@ CREATE TABLE IF NOT EXISTS load_run_table (
     CHECK (rows_read = rows_loaded + rows_rejected),
     CHECK (rows_inserted + rows_updated <= rows_loaded)
 );
+
+-- ---------------------------------------------------------------------------------------
+-- Least privilege. Object names below are fixed; nothing here is built from input.
+
+-- Nobody may read or change these tables unless granted below: customer is personal data.
+REVOKE ALL ON destination, customer, booking, load_run, load_run_table FROM PUBLIC;
+DO $public$
+BEGIN
+    EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM PUBLIC', pg_get_serial_sequence('load_run', 'run_id'));
+END
+$public$;
+
+SET client_min_messages = notice;  -- the NOTICE below is meant to be seen
+
+-- The group roles are cluster-wide: create them once, from whichever database runs first.
+DO $roles$
+DECLARE
+    may_create_roles boolean := (SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user);
+    wanted text;
+    skipped text[] := '{}';
+BEGIN
+    FOREACH wanted IN ARRAY ARRAY['travel_loader', 'travel_reader'] LOOP
+        CONTINUE WHEN EXISTS (SELECT FROM pg_roles WHERE rolname = wanted);
+        IF may_create_roles THEN
+            BEGIN
+                EXECUTE format('CREATE ROLE %I NOLOGIN', wanted);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                NULL;  -- created meanwhile by travel.sql running on another database
+            END;
+        ELSE
+            skipped := skipped || wanted;
+        END IF;
+    END LOOP;
+    IF NOT may_create_roles THEN
+        RAISE NOTICE 'roles skipped: % may not create roles (no CREATEROLE).%', current_user,
+            CASE WHEN cardinality(skipped) = 0
+                THEN ' travel_loader and travel_reader exist and were given their privileges.'
+                ELSE format(' %s not created and not granted; run travel.sql as an administrator to add them.',
+                            array_to_string(skipped, ' and '))
+            END;
+    END IF;
+END
+$roles$;
+
+-- Exactly these privileges, whatever an earlier version or a hand edit granted.
+DO $grants$
+DECLARE
+    run_sequence text := pg_get_serial_sequence('load_run', 'run_id');
+    database_owner oid := (SELECT datdba FROM pg_database WHERE datname = current_database());
+    schema_owner oid := (SELECT nspowner FROM pg_namespace WHERE nspname = current_schema());
+BEGIN
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'travel_loader') THEN
+        REVOKE ALL ON destination, customer, booking, load_run, load_run_table FROM travel_loader;
+        GRANT SELECT, INSERT, UPDATE ON destination, customer, booking, load_run, load_run_table TO travel_loader;
+        EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM travel_loader', run_sequence);
+        EXECUTE format('GRANT USAGE ON SEQUENCE %s TO travel_loader', run_sequence);
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO travel_loader', current_schema());
+        IF pg_has_role(current_user, database_owner, 'MEMBER') THEN
+            -- Staging tables are TEMP; granted here in case PUBLIC's default TEMP is revoked.
+            EXECUTE format('GRANT CONNECT, TEMPORARY ON DATABASE %I TO travel_loader', current_database());
+        END IF;
+    END IF;
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'travel_reader') THEN
+        REVOKE ALL ON destination, customer, booking, load_run, load_run_table FROM travel_reader;
+        GRANT SELECT ON destination, customer, booking, load_run, load_run_table TO travel_reader;
+        EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM travel_reader', run_sequence);
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO travel_reader', current_schema());
+        IF pg_has_role(current_user, database_owner, 'MEMBER') THEN
+            EXECUTE format('GRANT CONNECT ON DATABASE %I TO travel_reader', current_database());
+        END IF;
+    END IF;
+    -- Before PostgreSQL 15 every user could create tables in public. Take that away, but
+    -- keep it for the database owner, who may run this file again without being superuser.
+    IF has_schema_privilege('public', current_schema(), 'CREATE')
+       AND pg_has_role(current_user, schema_owner, 'MEMBER') THEN
+        EXECUTE format('GRANT CREATE ON SCHEMA %I TO %s', current_schema(), database_owner::regrole);
+        EXECUTE format('REVOKE CREATE ON SCHEMA %I FROM PUBLIC', current_schema());
+    END IF;
+END
+$grants$;
 
 COMMIT;

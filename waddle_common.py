@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 import os
 import re
@@ -83,6 +84,15 @@ def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
+def _env_flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{name} must be 1 or 0, got {raw!r}")
+
+
 def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name, "").strip()
     if not raw:
@@ -111,6 +121,10 @@ class Settings:
     export_compression_level: int
     s3_sse: str
     s3_kms_key_id: str
+    # AWS Secrets Manager secret (RDS JSON) with the database credentials; "" = the environment.
+    db_secret_id: str = ""
+    # Refuse a weak database password instead of warning about it.
+    strict_security: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -134,6 +148,8 @@ class Settings:
             export_compression_level=_env_int(env, "EXPORT_COMPRESSION_LEVEL", 6),
             s3_sse=env.get("S3_SSE", "").strip() or "AES256",
             s3_kms_key_id=env.get("S3_KMS_KEY_ID", "").strip(),
+            db_secret_id=env.get("DB_SECRET_ID", "").strip(),
+            strict_security=_env_flag(env, "STRICT_SECURITY"),
         )
 
 
@@ -161,11 +177,22 @@ _KEYWORD_PASSWORD = re.compile(r"(?i)\b(password|passwd|secret|sslpassword)\s*=\
 
 SECRET_VARIABLES = ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
+# Secrets learnt at run time (a Secrets Manager payload, the password in it): masked too.
+_registered_secrets: set[str] = set()
+
+
+def register_secret(value: str) -> None:
+    """Mask `value` (and its URL-encoded form) in everything redact() sees from now on."""
+    from urllib.parse import quote
+
+    if value:
+        _registered_secrets.update({value, quote(value, safe="")})
+
 
 def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
-    """The secret strings present in the environment, longest first."""
+    """The secret strings in the environment or registered at run time, longest first."""
     env = os.environ if env is None else env
-    values = [env.get(name, "") for name in SECRET_VARIABLES]
+    values = [env.get(name, "") for name in SECRET_VARIABLES] + list(_registered_secrets)
     url = env.get("DATABASE_URL", "")
     match = re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:([^@\s]*)@", url)
     if match:
@@ -309,6 +336,11 @@ def describe_database(env: Mapping[str, str] | None = None) -> str:
         parts = parse_dsn(env.get("DATABASE_URL", ""))
     except Exception:  # noqa: BLE001 - an unparsable URL is reported by connect()
         parts = {}
+    secret_id = env.get("DB_SECRET_ID", "").strip()
+    if secret_id in _secret_cache:
+        parts = {**parts, **_secret_connection_keywords(_secret_cache[secret_id])}
+    elif secret_id:
+        return f"the database of secret {secret_id}"
     host = parts.get("host") or env.get("PGHOST") or "localhost"
     port = parts.get("port") or env.get("PGPORT") or "5432"
     dbname = parts.get("dbname") or env.get("PGDATABASE") or "(default)"
@@ -317,17 +349,155 @@ def describe_database(env: Mapping[str, str] | None = None) -> str:
 
 
 def connect_db(application_name: str, env: Mapping[str, str] | None = None):
-    """A psycopg2 connection from DATABASE_URL, else the libpq variables (PGHOST, ...)."""
+    """A psycopg2 connection from DB_SECRET_ID, DATABASE_URL or the libpq variables (PGHOST, ...).
+
+    A secret's host, port, dbname, username and password override DATABASE_URL's; every
+    other option (PGSSLMODE, sslrootcert, ...) is left to libpq, so the TLS mode set in the
+    environment or in the URL always applies. The password travels as a keyword argument,
+    never inside a string that anything prints.
+    """
     import psycopg2
 
     env = os.environ if env is None else env
+    settings = Settings.from_env(env)
+    secret = read_database_secret(settings.db_secret_id) if settings.db_secret_id else {}
+    keywords = _secret_connection_keywords(secret)
+    password = database_password(env, keywords)
+    if password:
+        register_secret(password)
+    if settings.strict_security:
+        check_password(password, strict=True)  # refused before it is ever sent
     try:
-        return psycopg2.connect(
+        conn = psycopg2.connect(
             env.get("DATABASE_URL", ""),
             application_name=f"data-waddle {application_name}",
             connect_timeout=env.get("PGCONNECT_TIMEOUT", "10"),
+            **keywords,
         )
     except psycopg2.Error as exc:
         raise PipelineError(
             f"cannot connect to PostgreSQL {describe_database(env)}: {first_line(redact(exc, env))}"
         ) from None
+    # Warn only once connected: a failure stays one line (a wrong password needs no review).
+    check_password(password, strict=False)
+    return conn
+
+
+# ---------------------------------------------------------------------------------------
+# Database credentials: AWS Secrets Manager, and the password check
+
+MIN_PASSWORD_LENGTH = 32
+
+# Secret id -> its parsed JSON: read once per process.
+_secret_cache: dict[str, dict] = {}
+
+# Keys of the RDS secret format -> psycopg2's keyword for them.
+_SECRET_KEYWORDS = {"host": "host", "port": "port", "dbname": "dbname", "username": "user", "password": "password"}
+
+
+def password_weakness(password: str) -> str | None:
+    """Why `password` is too weak to guard personal data; None when it is fine.
+
+    32+ characters mixing letters and digits is what a generator produces (openssl rand,
+    Secrets Manager) and is out of reach of guessing against a networked login.
+    """
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return f"shorter than {MIN_PASSWORD_LENGTH} characters"
+    if not (any(c.isalpha() for c in password) and any(c.isdigit() for c in password)):
+        return "not a mix of letters and digits"
+    return None
+
+
+def check_password(password: str | None, strict: bool) -> None:
+    """Refuse a weak password when `strict` (STRICT_SECURITY=1), else warn in one line.
+
+    Without a password (client certificate, peer or ~/.pgpass authentication) there is
+    nothing to judge.
+    """
+    reason = password_weakness(password) if password else None
+    if reason is None:
+        return
+    advice = f"use a generated password of {MIN_PASSWORD_LENGTH}+ letters and digits"
+    if strict:
+        raise ConfigError(f"the database password is {reason}; STRICT_SECURITY=1 refuses to use it: {advice}")
+    log.warning("the database password is %s; %s (STRICT_SECURITY=1 would refuse it)", reason, advice)
+
+
+def database_password(env: Mapping[str, str], keywords: Mapping[str, str]) -> str | None:
+    """The password libpq will send: the secret's, else DATABASE_URL's, else PGPASSWORD."""
+    from psycopg2.extensions import parse_dsn
+
+    if keywords.get("password"):
+        return keywords["password"]
+    try:
+        from_url = parse_dsn(env.get("DATABASE_URL", "")).get("password")
+    except Exception:  # noqa: BLE001 - an unparsable URL is reported by connect()
+        from_url = None
+    return from_url or env.get("PGPASSWORD") or None
+
+
+def _secret_connection_keywords(secret: Mapping[str, object]) -> dict[str, str]:
+    return {kw: str(secret[key]) for key, kw in _SECRET_KEYWORDS.items() if secret.get(key) not in (None, "")}
+
+
+def read_database_secret(secret_id: str) -> dict:
+    """The RDS-format JSON of Secrets Manager secret `secret_id`, read once per process.
+
+    Credentials and region come from boto3's default chain; boto3 itself honours
+    AWS_ENDPOINT_URL_SECRETS_MANAGER / AWS_ENDPOINT_URL. The payload and the password are
+    registered for redaction before anything could print them.
+    """
+    if secret_id not in _secret_cache:
+        text = _fetch_secret_string(secret_id)
+        register_secret(text)
+        _secret_cache[secret_id] = _parse_database_secret(secret_id, text)
+    return _secret_cache[secret_id]
+
+
+def _fetch_secret_string(secret_id: str) -> str:
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
+
+    where = f"secret {secret_id} (DB_SECRET_ID)"
+    try:
+        client = boto3.session.Session().client(
+            "secretsmanager",
+            config=Config(connect_timeout=10, read_timeout=30, retries={"mode": "standard", "max_attempts": 3}),
+        )
+        reply = client.get_secret_value(SecretId=secret_id)
+    except NoRegionError:
+        raise ConfigError(f"cannot read {where}: no AWS region; set AWS_DEFAULT_REGION") from None
+    except NoCredentialsError:
+        raise ConfigError(f"cannot read {where}: no AWS credentials (profile, role or AWS_* variables)") from None
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code == "ResourceNotFoundException":
+            raise ConfigError(f"{where} does not exist in this account and region") from None
+        if code in ("AccessDeniedException", "AccessDenied"):
+            raise PipelineError(f"access denied to {where}: allow secretsmanager:GetSecretValue on it") from None
+        raise PipelineError(f"cannot read {where}: {code or first_line(redact(exc))}") from None
+    except BotoCoreError as exc:
+        raise PipelineError(f"cannot reach AWS Secrets Manager for {where}: {first_line(redact(exc))}") from None
+    text = reply.get("SecretString")
+    if not isinstance(text, str):
+        raise ConfigError(f"{where} holds binary data; expected the RDS JSON (username, password, host, ...)")
+    return text
+
+
+def _parse_database_secret(secret_id: str, text: str) -> dict:
+    """Check the RDS format. Messages name keys, never values: every value may be secret."""
+    try:
+        secret = json.loads(text)
+    except ValueError:
+        secret = None
+    if not isinstance(secret, dict):
+        raise ConfigError(
+            f"secret {secret_id} is not a JSON object; expected the RDS format "
+            '{"username": ..., "password": ..., "host": ..., "port": ..., "dbname": ...}'
+        )
+    missing = [key for key in ("username", "password") if not isinstance(secret.get(key), str) or not secret[key]]
+    if missing:
+        raise ConfigError(f"secret {secret_id} lacks {' and '.join(missing)}")
+    register_secret(secret["password"])
+    return secret
