@@ -16,6 +16,8 @@ Example:
 
 from __future__ import annotations
 
+import codecs
+import csv
 import logging
 import os
 import shutil
@@ -28,6 +30,7 @@ from typing import Sequence
 from urllib.parse import unquote, urlparse
 
 import requests
+from urllib3.exceptions import ReadTimeoutError
 
 import waddle_common as common
 
@@ -195,7 +198,9 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 def describe_request_error(exc: Exception) -> str:
-    if isinstance(exc, requests.Timeout):
+    # A server that stalls after the headers surfaces from iter_content() as a
+    # ConnectionError wrapping urllib3's ReadTimeoutError: it is a timeout all the same.
+    if isinstance(exc, requests.Timeout) or any(isinstance(arg, ReadTimeoutError) for arg in exc.args):
         return "timed out"
     if isinstance(exc, requests.exceptions.ChunkedEncodingError):
         return "connection broken mid-body"
@@ -205,24 +210,54 @@ def describe_request_error(exc: Exception) -> str:
 
 
 def check_csv(path: Path, table: str, url: str) -> None:
-    """Refuse an empty body, an HTML page, or a header that lacks a required column."""
+    """Refuse an empty body, an HTML page, or a header that lacks a required column.
+
+    The bytes are kept as the source sent them: a file in another encoding (Latin-1 from a
+    spreadsheet export) is not a broken download, so it is stored with a warning and the
+    load decides (it refuses it with a hint, or reads it with --encoding latin-1).
+    """
     with open(path, "rb") as fh:
         head = fh.read(4096)
     if not head.strip():
         raise DownloadError(f"{url}: empty body, expected {table} CSV data")
     if head.lstrip(b"\xef\xbb\xbf \t\r\n").lower().startswith((b"<!doctype", b"<html", b"<?xml", b"<")):
         raise DownloadError(f"{url}: got an HTML or XML page, not a CSV file")
-    try:
-        header = common.read_header(path)
-    except UnicodeDecodeError:
-        raise DownloadError(
-            f"{url}: the header is not UTF-8 text; convert the file (e.g. iconv -f latin1 -t utf-8)"
-        ) from None
+    header = header_columns(path)
     missing = common.missing_columns(table, header)
     if missing:
         raise DownloadError(
             f"{url}: {table} file lacks column(s) {', '.join(missing)}; columns found: {', '.join(header) or '(none)'}"
         )
+    if not is_utf8(path):
+        log.warning(
+            "%s: %s.csv is not UTF-8 text; load it with --encoding latin-1 or convert it (iconv -f latin1 -t utf-8)",
+            url, table,
+        )
+
+
+def header_columns(path: Path) -> list[str]:
+    """The normalised column names of the first line, whatever its encoding: the required
+    names are ASCII, so Latin-1 (which decodes any byte) finds them when UTF-8 fails."""
+    with open(path, "rb") as fh:
+        line = fh.readline(1 << 20)
+    try:
+        text = line.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = line.decode("latin-1")
+    return [common.normalise_column(c) for c in next(csv.reader([text]), [])]
+
+
+def is_utf8(path: Path) -> bool:
+    """Whether the whole file decodes as UTF-8 (read in blocks: memory stays small)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                decoder.decode(block)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 if __name__ == "__main__":
