@@ -1,0 +1,51 @@
+"""The benchmark script (tests/benchmarks/run.py) runs end to end on a tiny dataset.
+
+Only that it works and reports every figure: the numbers themselves mean nothing at this
+size (process start-up dominates) and are not compared with anything.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from conftest import REPO
+
+RUN = REPO / "tests" / "benchmarks" / "run.py"
+FIGURES = ("seconds", "floor_seconds", "ratio", "peak_rss_mb", "rows")
+
+
+def test_benchmark_smoke_reports_every_stage_and_floor(tmp_path):
+    out = tmp_path / "figures.json"
+    # Not under pytest's basetemp, which a concurrent session may prune under a running
+    # server (as in conftest.pg_admin_url).
+    workdir = Path(tempfile.mkdtemp(prefix="waddle-bench-smoke-"))
+    try:
+        run_and_check(workdir, out)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_and_check(workdir: Path, out: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(RUN), "--bookings", "1000", "--naive-rows", "1000", "--fast-db",
+         "--workdir", str(workdir), "--json", str(out)],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    for stage in ("load", "reload", "export", "lambda", "naive"):
+        for name in FIGURES:
+            assert figures[stage][name] > 0, (stage, name, figures[stage])
+    assert figures["load"]["rows"] == 1000 + 1000 + 50
+    assert figures["lambda"]["rows"] == 1000
+    assert figures["naive"]["rows"] == figures["load"]["rows"]
+    assert figures["machine"]["cpus"] >= 1
+    for stage in ("load", "reload", "export", "lambda"):
+        assert f"\n{stage} " in result.stdout  # a row of the printed table
+    # Services stopped and everything the run wrote removed (no --keep).
+    assert list(workdir.iterdir()) == []
