@@ -1,21 +1,24 @@
 """The fault matrix (issue 7): each stage under a real fault, on real services, bounded in time.
 
-| Fault                                              | Test                                                  |
-|----------------------------------------------------|-------------------------------------------------------|
-| loader SIGKILLed in the middle of COPY             | test_faults_load_killed_mid_copy_changes_nothing      |
-| PostgreSQL down / restarted between stages         | test_faults_postgres_restart_between_stages           |
-| PostgreSQL restarted while a load waits            | test_faults_postgres_restart_during_a_load            |
-| two loads at once                                  | test_faults_two_loads_are_serialised                  |
-| export while a load holds uncommitted rows         | test_faults_export_during_a_load_is_one_snapshot      |
-| export while a load commits                        | test_export.py::test_export_snapshot_ignores_changes_committed_during_the_run |
-| HTTP: 500/503/429/reset/short body, then 200       | test_download.py::test_download_retries_transient_failures |
-| HTTP: HTML, empty body, 4xx                        | test_download.py::test_download_failure_keeps_good_file |
-| HTTP: the same faults for good, stall, mid-body    | test_faults_download_* below                          |
-| HTTP: Latin-1 bytes                                | test_faults_download_latin1_*                         |
-| S3: 500 / SlowDown for some PUTs                   | test_faults_export_retries_store_faults               |
-| S3: a store that keeps failing                     | test_faults_export_store_keeps_failing_then_rerun     |
-| Lambda: listed object missing or altered           | test_lambda.py::test_lambda_listed_object_missing_names_its_key, |
-|                                                    | test_lambda.py::test_lambda_corrupted_object_names_its_key |
+Where each fault is tested (test_download.py, test_export.py and test_lambda.py already
+had some; they are referenced, not repeated):
+
+- loader SIGKILLed in the middle of COPY: test_faults_load_killed_mid_copy_changes_nothing
+- PostgreSQL down between stages, then back: test_faults_postgres_restart_between_stages
+- PostgreSQL restarted while a load runs: test_faults_postgres_restart_during_a_load
+- two loads at once: test_faults_two_loads_are_serialised
+- export while a load holds uncommitted rows: test_faults_export_during_a_load_is_one_snapshot;
+  while a load commits: test_export.py::test_export_snapshot_ignores_changes_committed_during_the_run
+- HTTP 500 / 503 Retry-After / 429 / reset / short body, then 200:
+  test_download.py::test_download_retries_transient_failures
+- HTTP HTML page, empty body, 4xx: test_download.py::test_download_failure_keeps_good_file
+- HTTP faults that never stop, a stall, a body broken half-way, Retry-After honoured,
+  Latin-1 bytes: test_faults_download_* below
+- S3 500 / SlowDown for some PUTs: test_faults_export_retries_store_faults; a store that
+  keeps failing: test_faults_export_store_keeps_failing_then_rerun (and
+  test_export.py::test_export_failure_part_way_leaves_no_manifest for AccessDenied)
+- Lambda, a listed object missing or altered: test_lambda.py::test_lambda_listed_object_missing_names_its_key
+  and test_lambda.py::test_lambda_corrupted_object_names_its_key
 
 Waits are on real conditions (pg_stat_progress_copy, pg_locks, process exit) with
 deadlines; no test sleeps to synchronise.
@@ -114,7 +117,8 @@ def test_faults_download_persistent_fault_keeps_previous_good_file(http_server, 
     assert good.read_bytes() == BOOKING_CSV
     assert http_server.hits["/booking.csv"] == 3
     lines = [line for line in error_lines(capsys) if "error:" in line]
-    assert lines == [f"download_dataset: error: {http_server.base_url}/booking.csv: {reason} (gave up after 3 attempts)"]
+    url = f"{http_server.base_url}/booking.csv"
+    assert lines == [f"download_dataset: error: {url}: {reason} (gave up after 3 attempts)"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["booking.csv"]
 
 
@@ -204,3 +208,285 @@ def test_faults_download_latin1_header_is_kept_verbatim(http_server, monkeypatch
 
     assert (tmp_path / "destination.csv").read_bytes() == body
     assert "--encoding latin-1" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------
+# The loader (stage 3) killed, serialised, and its database restarted
+
+
+@pytest.fixture(scope="module")
+def big_dataset(tmp_path_factory):
+    """A clean generated dataset large enough that its COPY can be caught in flight."""
+    return generate_dataset(tmp_path_factory.mktemp("big"), customers=60_000, bookings=60_000)
+
+
+def loaded_sample(url: str) -> None:
+    assert load_stage.main(["--data-dir", str(SAMPLE_DIR), "--rejects-dir", "rejects"]) == 0
+    assert counts(url) == SAMPLE_COUNTS
+
+
+def test_faults_load_killed_mid_copy_changes_nothing(schema_db, big_dataset, tmp_path):
+    loaded_sample(schema_db)
+    before = table_fingerprint(schema_db)
+    observer = Observer(schema_db)
+    args = ["--data-dir", str(big_dataset), "--rejects-dir", str(tmp_path / "rejects")]
+    try:
+        loader = start_stage(LOADER, args, stage_env(schema_db), tmp_path)
+
+        def copy_in_flight():
+            if loader.poll() is not None:
+                raise AssertionError(f"the loader ended (exit {loader.returncode}) before its COPY was seen")
+            return observer.copying()
+
+        (backend,) = wait_until(copy_in_flight, "the loader's COPY in pg_stat_progress_copy", timeout=120)
+        loader.kill()  # SIGKILL: no handler, no rollback from the client side
+        loader.communicate(timeout=30)
+        assert loader.returncode == -signal.SIGKILL
+        wait_until(lambda: backend not in observer.backends(), "the killed loader's backend to end")
+
+        assert table_fingerprint(schema_db) == before
+        assert observer.rows("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
+    finally:
+        observer.close()
+
+    rerun = run_stage(LOADER, args, stage_env(schema_db), tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert query(schema_db, "SELECT count(*) FROM load_run") == [(2,)]  # the sample's and the rerun's
+    latest = query(schema_db, "SELECT table_name, rows_read, rows_loaded FROM load_run_table "
+                              "WHERE run_id = (SELECT max(run_id) FROM load_run) ORDER BY 1")
+    assert latest == [("booking", 60_000, 60_000), ("customer", 60_000, 60_000), ("destination", 50, 50)]
+    assert query(schema_db, "SELECT count(*) FROM booking WHERE booking_id <= 60000") == [(60_000,)]
+
+
+def test_faults_two_loads_are_serialised(schema_db, sample_dir, tmp_path):
+    """The test holds the loaders' advisory lock; two loads start and both wait; once it is
+    released they run one after the other: the second finds the first's rows and changes nothing."""
+    holder = psycopg2.connect(schema_db)
+    observer = Observer(schema_db)
+    loaders = []
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (load_stage.LOAD_LOCK_KEY,))
+        for number in (1, 2):
+            args = ["--data-dir", str(sample_dir), "--rejects-dir", str(tmp_path / f"rejects{number}"), "--verbose"]
+            loaders.append(start_stage(LOADER, args, stage_env(schema_db), tmp_path))
+        wait_until(lambda: len(observer.waiting_on_advisory(load_stage.LOAD_LOCK_KEY)) == 2,
+                   "both loaders to wait for the load lock", timeout=60)
+        assert counts(schema_db) == {"customer": 0, "destination": 0, "booking": 0}
+        holder.rollback()  # releases the lock
+        results = [loader.communicate(timeout=120) for loader in loaders]
+    finally:
+        for loader in loaders:
+            if loader.poll() is None:
+                loader.kill()
+        holder.close()
+        observer.close()
+
+    assert [loader.returncode for loader in loaders] == [0, 0], results
+    for _, stderr in results:
+        assert "another load is running; waiting for it to finish" in stderr
+    runs = query(schema_db, "SELECT run_id, sum(rows_inserted), sum(rows_updated), min(r.finished_at) "
+                            "FROM load_run r JOIN load_run_table USING (run_id) GROUP BY run_id ORDER BY run_id")
+    assert [(run[1], run[2]) for run in runs] == [(sum(SAMPLE_COUNTS.values()), 0), (0, 0)]
+    assert runs[0][3] < runs[1][3]
+    assert counts(schema_db) == SAMPLE_COUNTS
+
+
+# ---------------------------------------------------------------------------------------
+# PostgreSQL stopped and restarted: a private cluster, so the shared one is never disturbed
+
+
+@pytest.fixture(scope="module")
+def private_server():
+    folder = Path(tempfile.mkdtemp(prefix="waddle-faults-pg-"))
+    server = EmbeddedPostgres(folder / "data").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def private_db(private_server, monkeypatch, request):
+    """A new database with the schema on the private cluster; DATABASE_URL points at it."""
+    dbname = f"faults_{request.node.name.split('[')[0][-40:]}"
+    admin = psycopg2.connect(private_server.url())
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{dbname}"')
+            cur.execute(f'CREATE DATABASE "{dbname}"')
+    finally:
+        admin.close()
+    url = with_database(private_server.url(), dbname)
+    apply_schema(url)
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "3")
+    return url
+
+
+def test_faults_postgres_restart_between_stages(private_server, private_db, s3_bucket, capsys):
+    loaded_sample(private_db)
+    assert export_stage.main(["--date", DAY]) == 0
+    manifest = read_manifest(s3_bucket, DAY)
+    capsys.readouterr()
+
+    private_server.stop()
+    try:
+        assert load_stage.main(["--data-dir", str(SAMPLE_DIR)]) == 1
+        assert export_stage.main(["--date", DAY]) == 1
+        lines = error_lines(capsys)
+    finally:
+        private_server.start()
+
+    target = f"postgres@127.0.0.1:{private_server.port}/{private_db.rsplit('/', 1)[1]}"
+    assert len(lines) == 2
+    assert lines[0].startswith(f"transform_load_csv_data: error: cannot connect to PostgreSQL {target}: ")
+    assert lines[1].startswith(f"batch_transfer_data_to_cloud_storage: error: cannot connect to PostgreSQL {target}: ")
+    assert not any(private_server.password in line for line in lines)
+    assert read_manifest(s3_bucket, DAY) == manifest  # the failed export touched nothing
+
+    assert load_stage.main(["--data-dir", str(SAMPLE_DIR)]) == 0
+    assert export_stage.main(["--date", DAY]) == 0
+    assert counts(private_db) == SAMPLE_COUNTS
+    assert {t: v["rows"] for t, v in read_manifest(s3_bucket, DAY)["tables"].items()} == SAMPLE_COUNTS
+
+
+def test_faults_postgres_restart_during_a_load(private_server, private_db, tmp_path):
+    """The server restarts (fast shutdown) while a load is inside its transaction, waiting
+    for the lock: the load fails with one line, nothing is half-written, the rerun loads."""
+    holder = psycopg2.connect(private_db)
+    observer = Observer(private_db)
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (load_stage.LOAD_LOCK_KEY,))
+        loader = start_stage(LOADER, ["--data-dir", str(SAMPLE_DIR)], stage_env(private_db), tmp_path)
+        wait_until(lambda: observer.waiting_on_advisory(load_stage.LOAD_LOCK_KEY), "the loader to wait", timeout=60)
+        observer.close()
+        private_server.restart()
+        _, stderr = loader.communicate(timeout=60)
+    finally:
+        holder.close()
+        observer.close()
+
+    assert loader.returncode == 1
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("transform_load_csv_data: error: load failed and was rolled back, no table changed: ")
+    assert counts(private_db) == {"customer": 0, "destination": 0, "booking": 0}
+
+    assert load_stage.main(["--data-dir", str(SAMPLE_DIR)]) == 0
+    assert counts(private_db) == SAMPLE_COUNTS
+
+
+# ---------------------------------------------------------------------------------------
+# Export (stage 4) during a load, and against a failing store
+
+
+LATER = {
+    "customer.csv": "customer_id,first_name,last_name,email,phone\n500,New,Person,new.person@example.com,\n",
+    "destination.csv": "destination_id,destination,country,popular_season\n60,Oslo North,Norway,winter\n",
+    "booking.csv": "booking_id,customer_id,booking_date,destination,number_of_passengers,cost_per_passenger\n"
+                   "900,1,2024-01-01,Paris,2,10.00\n901,500,2024-01-02,oslo north,1,20.00\n",
+}
+
+
+def exported_state(bucket: str) -> tuple[dict[str, int], dict[str, set[str]]]:
+    """(row counts the manifest states, the keys found in the objects) after checking that
+    every object's rows and bytes agree with the manifest."""
+    manifest = read_manifest(bucket, DAY)
+    rows = export_rows(bucket, manifest)
+    stated = {table: entry["rows"] for table, entry in manifest["tables"].items()}
+    assert {table: len(found) for table, found in rows.items()} == stated
+    key_of = {"customer": "customer_id", "destination": "destination_id", "booking": "booking_id"}
+    return stated, {table: {row[key_of[table]] for row in found} for table, found in rows.items()}
+
+
+def test_faults_export_during_a_load_is_one_snapshot(schema_db, s3_bucket, tmp_path):
+    """A real load has written its rows but not committed (it waits for the audit table the
+    test has locked): the export shows the state before it; after the commit, the state after."""
+    loaded_sample(schema_db)
+    for name, text in LATER.items():
+        write_csv(tmp_path / "later" / name, text)
+    holder = psycopg2.connect(schema_db)
+    observer = Observer(schema_db)
+    try:
+        with holder.cursor() as cur:
+            cur.execute("LOCK TABLE load_run IN ACCESS EXCLUSIVE MODE")
+        loader = start_stage(LOADER, ["--data-dir", str(tmp_path / "later")], stage_env(schema_db), tmp_path)
+        (backend,) = wait_until(lambda: observer.waiting_on_table("load_run"), "the load to reach its audit row",
+                                timeout=60)
+        assert observer.rows("SELECT query FROM pg_stat_activity WHERE pid = %s", (backend,))[0][0].startswith(
+            "INSERT INTO load_run")  # customers, destinations and bookings are written, not committed
+
+        assert export_stage.main(["--date", DAY]) == 0
+        during, during_keys = exported_state(s3_bucket)
+
+        holder.rollback()  # the load goes on and commits
+        _, stderr = loader.communicate(timeout=60)
+        assert loader.returncode == 0, stderr
+    finally:
+        holder.close()
+        observer.close()
+
+    assert during == SAMPLE_COUNTS
+    assert "500" not in during_keys["customer"] and "901" not in during_keys["booking"]
+    assert export_stage.main(["--date", DAY]) == 0
+    after, after_keys = exported_state(s3_bucket)
+    assert after == {"customer": 202, "destination": 52, "booking": 205}
+    assert {"500"} <= after_keys["customer"] and {"900", "901"} <= after_keys["booking"]
+
+
+@pytest.fixture
+def sample_db(schema_db):
+    loaded_sample(schema_db)
+    return schema_db
+
+
+def assert_complete_export(bucket: str) -> None:
+    """The day's manifest lists exactly the objects in its folders, all intact, all rows."""
+    stated, _ = exported_state(bucket)
+    assert stated == SAMPLE_COUNTS
+    manifest = read_manifest(bucket, DAY)
+    assert s3_keys(bucket) == sorted([o["key"] for o in manifest["objects"]] + [f"{DAY}/_manifest.json"])
+
+
+@pytest.mark.parametrize(
+    "fail, error",
+    [
+        (lambda n: n <= 3, INTERNAL_ERROR),
+        (lambda n: n <= 2, SLOW_DOWN),
+        (lambda n: n % 3 == 0, INTERNAL_ERROR),
+    ],
+    ids=["first-3-puts-500", "first-2-puts-slowdown", "every-3rd-put-500"],
+)
+def test_faults_export_retries_store_faults(sample_db, s3_bucket, moto_endpoint, monkeypatch, fail, error):
+    with FaultyStore(moto_endpoint, fail, error) as store:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", store.url)
+        assert export_stage.main(["--date", DAY, "--batch-size", "50"]) == 0
+        assert store.failed >= 2
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    assert_complete_export(s3_bucket)
+
+
+def test_faults_export_store_keeps_failing_then_rerun(sample_db, s3_bucket, moto_endpoint, monkeypatch, capsys):
+    assert export_stage.main(["--date", DAY, "--batch-size", "50"]) == 0
+    capsys.readouterr()
+
+    with FaultyStore(moto_endpoint, lambda n: True) as store:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", store.url)
+        assert export_stage.main(["--date", DAY, "--batch-size", "40"]) == 1
+        assert store.failed >= 5  # each upload is tried 5 times before the run gives up
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    lines = error_lines(capsys)
+    assert len(lines) == 1
+    assert lines[0].startswith(f"batch_transfer_data_to_cloud_storage: error: S3 refused uploading {DAY}/")
+    assert lines[0].endswith(f"in bucket {s3_bucket} (InternalError: We encountered an internal error. "
+                             "Please try again.)")
+    assert read_manifest(s3_bucket, DAY) is None  # the day is not visible
+
+    assert export_stage.main(["--date", DAY, "--batch-size", "40"]) == 0
+    assert_complete_export(s3_bucket)
