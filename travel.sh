@@ -145,6 +145,16 @@ is_configured() {
   return 1
 }
 
+configuration_source() {
+  if [[ -n "${ENV_FILE}" ]]; then
+    echo "${ENV_FILE} and the environment"
+  elif [[ -f "${REPO_DIR}/.env" ]]; then
+    echo "${REPO_DIR}/.env and the environment"
+  else
+    echo "the environment"
+  fi
+}
+
 selected_stages() {
   local stage started=""
   for stage in "${STAGES[@]}"; do
@@ -236,7 +246,7 @@ stage_download() {
 stage_schema() {
   # psql reads the connection (password included) from the environment the shared module
   # derives from .env / DATABASE_URL / DB_SECRET_ID: never from its argument list.
-  "${PYTHON_BIN}" -m waddle_common psql "${COMMON_ARGS[@]}" -- -X -q -v ON_ERROR_STOP=1 -f travel.sql
+  "${PYTHON_BIN}" -m waddle_common "${COMMON_ARGS[@]}" psql -- -X -q -v ON_ERROR_STOP=1 -f travel.sql
 }
 
 stage_load() {
@@ -287,7 +297,7 @@ main() {
   trap 'exit 130' INT
   trap 'exit 143' TERM
   if is_configured; then
-    say "configured mode: settings from ${ENV_FILE:-the environment and ${REPO_DIR}/.env}; nothing local is started"
+    say "configured mode: settings from $(configuration_source); nothing local is started"
   else
     enter_local_mode
   fi

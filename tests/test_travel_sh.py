@@ -1,0 +1,240 @@
+"""travel.sh end to end: local mode on a copy of the repository, a configured run against
+the test services, a failing stage, Ctrl-C, and the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import zipfile
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from conftest import REPO, apply_schema, query
+
+import services
+
+RUN_TIMEOUT = 240
+
+
+def repository_copy(target: Path) -> Path:
+    """The tracked files of the working tree (as a fresh clone would have them)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, check=True,
+    ).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    return target
+
+
+def travel(repo: Path, *args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(repo / "travel.sh"), *args], cwd=cwd or repo, env=travel_env(env),
+        capture_output=True, text=True, timeout=RUN_TIMEOUT,
+    )
+
+
+def travel_env(extra: dict | None = None) -> dict:
+    return {**os.environ, "PYTHON": sys.executable, **(extra or {})}
+
+
+def metrics_table(stdout: str) -> dict[int, tuple[int, Decimal, int]]:
+    """destination_id -> (bookings, value, passengers) from the Lambda's printed table."""
+    rows = {}
+    for line in stdout.splitlines():
+        match = re.match(r"\s*(\d+)\s{2}.*?\s(\d+)\s+(\d+\.\d\d)\s+(\d+)\s*$", line)
+        if match:
+            rows[int(match[1])] = (int(match[2]), Decimal(match[3]), int(match[4]))
+    return rows
+
+
+def database_metrics(url: str) -> dict[int, tuple[int, Decimal, int]]:
+    rows = query(url, """
+        SELECT d.destination_id, count(b.booking_id), coalesce(sum(b.total_booking_value), 0),
+               coalesce(sum(b.number_of_passengers), 0)
+        FROM destination d LEFT JOIN booking b USING (destination_id)
+        GROUP BY d.destination_id""")
+    return {r[0]: (r[1], Decimal(r[2]).quantize(Decimal("0.01")), r[3]) for r in rows}
+
+
+def row_versions(url: str) -> dict[str, list]:
+    return {
+        table: query(url, f"SELECT {key}, xmin::text FROM {table} ORDER BY {key}")
+        for table, key in (("customer", "customer_id"), ("destination", "destination_id"), ("booking", "booking_id"))
+    }
+
+
+def exported_rows(mirror: Path, day: str, table: str) -> int:
+    rows = 0
+    for path in sorted((mirror / day / table).glob("*.csv.zip")):
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                rows += archive.read(member).decode().count("\n") - 1  # minus the header
+    return rows
+
+
+@pytest.fixture
+def local_repo():
+    # Not under pytest's basetemp: a concurrent pytest session makes that folder private
+    # again, and the embedded server (an unprivileged user when we are root) must reach it.
+    folder = Path(tempfile.mkdtemp(prefix="waddle-travel-"))
+    repo = repository_copy(folder / "repo")
+    try:
+        yield repo
+    finally:
+        services.EmbeddedPostgres(repo / ".local" / "postgres").stop_leftover()  # after a failed test
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_travel_sh_local_mode_runs_everything_and_a_rerun_changes_nothing(local_repo, tmp_path):
+    day = "2026-01-15"
+    first = travel(local_repo, "--date", day, cwd=tmp_path)  # from another folder on purpose
+    assert first.returncode == 0, first.stderr
+    assert first.stderr.startswith("travel.sh: local mode")
+    for stage in ("download", "schema", "load", "export", "metrics"):
+        assert re.search(rf"\] {stage}: done in \d+\.\d s", first.stderr), stage
+
+    cluster = services.EmbeddedPostgres(local_repo / ".local" / "postgres").start()
+    try:
+        url = cluster.url("travel")
+        counts = {t: query(url, f"SELECT count(*) FROM {t}")[0][0] for t in ("customer", "destination", "booking")}
+        assert counts == {"customer": 201, "destination": 51, "booking": 203}
+        assert metrics_table(first.stdout) == database_metrics(url)
+        before = row_versions(url)
+    finally:
+        cluster.stop()
+
+    mirror = local_repo / ".local" / "s3"
+    manifest = json.loads((mirror / day / "_manifest.json").read_text())
+    assert {t: manifest["tables"][t]["rows"] for t in counts} == counts
+    assert {t: exported_rows(mirror, day, t) for t in counts} == counts
+    assert sorted(o["key"] for o in manifest["objects"]) == sorted(
+        p.relative_to(mirror).as_posix() for p in mirror.rglob("*.csv.zip")
+    )
+
+    second = travel(local_repo, "--date", day)
+    assert second.returncode == 0, second.stderr
+    assert metrics_table(second.stdout) == metrics_table(first.stdout)
+    cluster.start()
+    try:
+        assert row_versions(url) == before  # no row rewritten
+        assert query(url, """SELECT table_name, rows_inserted, rows_updated FROM load_run_table
+                              WHERE run_id = (SELECT max(run_id) FROM load_run) ORDER BY 1""") == [
+            ("booking", 0, 0), ("customer", 0, 0), ("destination", 0, 0)]
+    finally:
+        cluster.stop()
+    again = json.loads((mirror / day / "_manifest.json").read_text())
+    assert sorted(o["key"] for o in again["objects"]) == sorted(o["key"] for o in manifest["objects"])
+    assert again["tables"] == manifest["tables"]
+
+
+def test_travel_sh_stops_its_services_on_ctrl_c(local_repo):
+    process = subprocess.Popen(
+        [str(local_repo / "travel.sh")], cwd=local_repo, env=travel_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        for line in process.stderr:
+            if "load: started" in line:
+                os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+                break
+        process.stderr.read()
+        assert process.wait(timeout=60) != 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert not (local_repo / ".local" / "postgres" / "postmaster.pid").exists()
+    assert not (local_repo / ".local" / "services.env").exists()
+
+
+@pytest.fixture
+def configured(database_url, s3_bucket, sample_dir, monkeypatch, tmp_path):
+    """A configured run: the test's PostgreSQL, moto bucket and sample files."""
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    for table in ("customer", "destination", "booking"):
+        monkeypatch.setenv(f"{table.upper()}_CSV_URL", (sample_dir / f"{table}.csv").as_uri())
+    monkeypatch.setenv("DOWNLOAD_DIR", str(tmp_path / "downloads"))
+    monkeypatch.setenv("REJECTS_DIR", str(tmp_path / "rejects"))
+    return database_url
+
+
+def test_travel_sh_configured_run_uses_the_given_services(configured, s3_bucket, tmp_path):
+    import boto3
+
+    repo = repository_copy(tmp_path / "repo")
+    result = travel(repo, "--date", "2026-02-01")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("travel.sh: configured mode")
+    assert not (repo / ".local").exists()  # nothing embedded started
+    assert query(configured, "SELECT count(*) FROM booking")[0][0] == 203
+    keys = {o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=s3_bucket)["Contents"]}
+    assert "2026-02-01/_manifest.json" in keys
+    assert metrics_table(result.stdout) == database_metrics(configured)
+
+
+def test_travel_sh_failing_stage_stops_the_run_and_leaves_the_database(configured, tmp_path, monkeypatch):
+    apply_schema(configured)
+    repo = repository_copy(tmp_path / "repo")
+    assert travel(repo, "--only", "download").returncode == 0
+    assert travel(repo, "--from", "load").returncode == 0
+    before = row_versions(configured)
+    monkeypatch.setenv("BOOKING_CSV_URL", f"http://127.0.0.1:{services.free_port()}/booking.csv")
+    monkeypatch.setenv("DOWNLOAD_RETRIES", "0")
+
+    result = travel(repo)
+    assert result.returncode == 1
+    assert "travel.sh: error: stage download failed with exit status 1" in result.stderr
+    assert "[2/5] schema" not in result.stderr  # nothing ran after the failure
+    assert row_versions(configured) == before
+
+
+def test_travel_sh_gives_psql_the_password_through_the_environment_only(configured, tmp_path):
+    """A psql shim first on PATH records the command line travel.sh gives psql."""
+    repo = repository_copy(tmp_path / "repo")
+    shim_dir = tmp_path / "bin"
+    shim_dir.mkdir()
+    record = tmp_path / "psql-argv"
+    shim = shim_dir / "psql"
+    shim.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{record}"\nexec "{services.psql_path()}" "$@"\n')
+    shim.chmod(0o755)
+    password = re.search(r":([^:@/]+)@", configured)[1]
+
+    result = travel(repo, "--only", "schema", "--verbose", env={"PATH": f"{shim_dir}{os.pathsep}{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stderr
+    argv = record.read_text().splitlines()
+    assert argv == ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "travel.sql"]
+    assert password not in result.stdout + result.stderr
+    assert query(configured, "SELECT to_regclass('booking') IS NOT NULL")[0][0]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--from", "nowhere"], "unknown stage for --from: nowhere (stages: download schema load export metrics)"),
+        (["--only", "upload"], "unknown stage for --only: upload (stages: download schema load export metrics)"),
+        (["--rows", "ten"], "--rows needs a positive whole number, got: ten"),
+        (["--env-file", "missing.env"], "env file missing.env does not exist"),
+        (["--bogus"], "unknown argument: --bogus"),
+    ],
+)
+def test_travel_sh_rejects_bad_usage_with_exit_2(args, message):
+    result = travel(REPO, *args)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0] == f"travel.sh: error: {message}"
+
+
+def test_travel_sh_help_lists_stages_and_options():
+    result = travel(REPO, "--help")
+    assert result.returncode == 0
+    for word in ("--from", "--only", "--env-file", "--rows", "download schema load export metrics"):
+        assert word in result.stdout
