@@ -238,3 +238,10 @@ def test_travel_sh_help_lists_stages_and_options():
     assert result.returncode == 0
     for word in ("--from", "--only", "--env-file", "--rows", "download schema load export metrics"):
         assert word in result.stdout
+
+
+def test_schema_stage_falls_back_to_the_embedded_psql(monkeypatch, tmp_path):
+    import waddle_common
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no psql here
+    assert waddle_common.find_psql() == services.psql_path()
