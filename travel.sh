@@ -297,6 +297,7 @@ main() {
   trap 'exit 130' INT
   trap 'exit 143' TERM
   if is_configured; then
+    [[ -z "${ROWS}" ]] || die_usage "--rows generates data for local mode; in configured mode the *_CSV_URL sources are used"
     say "configured mode: settings from $(configuration_source); nothing local is started"
   else
     enter_local_mode

@@ -245,3 +245,9 @@ def test_schema_stage_falls_back_to_the_embedded_psql(monkeypatch, tmp_path):
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no psql here
     assert waddle_common.find_psql() == services.psql_path()
+
+
+def test_travel_sh_refuses_rows_in_configured_mode(tmp_path):
+    result = travel(REPO, "--rows", "10", env={"BOOKING_CSV_URL": (tmp_path / "b.csv").as_uri()})
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0].startswith("travel.sh: error: --rows generates data for local mode")
