@@ -33,6 +33,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyarrow import csv as pacsv
 
 import waddle_common as common
 
@@ -95,10 +98,12 @@ def read_source(path: Path, table: str, encoding: str = "utf-8") -> pd.DataFrame
             raise common.ConfigError(
                 f"{path.name} lacks column(s) {', '.join(missing)}; columns found: {', '.join(header) or '(none)'}"
             )
-        frame = pd.read_csv(
-            path, header=0, names=names, dtype=str, keep_default_na=False, na_filter=False,
-            encoding=common.python_encoding(encoding), skip_blank_lines=True,
-        )
+        frame = read_with_arrow(path, names, encoding)
+        if frame is None:
+            frame = pd.read_csv(
+                path, header=0, names=names, dtype=str, keep_default_na=False, na_filter=False,
+                encoding=common.python_encoding(encoding), skip_blank_lines=True,
+            )
     except UnicodeDecodeError as exc:
         raise common.ConfigError(
             f"{path.name} is not {encoding} text ({exc.reason} at byte {exc.start}); "
@@ -108,6 +113,31 @@ def read_source(path: Path, table: str, encoding: str = "utf-8") -> pd.DataFrame
         raise common.ConfigError(f"{path.name} is not a well-formed CSV file: {common.first_line(exc)}") from None
     frame = frame[[c for c in frame.columns if not c.startswith("_unnamed_")]]
     frame.insert(0, "source_row", np.arange(1, len(frame) + 1))
+    return frame
+
+
+def read_with_arrow(path: Path, names: list[str], encoding: str) -> pd.DataFrame | None:
+    """The file as text columns, parsed by pyarrow's multi-threaded reader (ten times faster
+    than pandas' at a million rows), or None when pyarrow cannot parse it exactly: a row
+    with too few or too many fields, bytes that are not `encoding`. The caller then reads it
+    with pandas, whose behaviour and messages for such files are the reference."""
+    # Positional names: the real header may repeat or lack names; it is checked already.
+    positional = [f"c{i}" for i in range(len(names))]
+    codec = "utf8" if common.python_encoding(encoding) == "utf-8-sig" else encoding
+    try:
+        table = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(column_names=positional, skip_rows=1, encoding=codec),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True, ignore_empty_lines=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in positional},
+                strings_can_be_null=False, quoted_strings_can_be_null=False,
+            ),
+        )
+    except (pa.ArrowInvalid, LookupError):
+        return None
+    frame = table.to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow", na_value=np.nan)}.get)
+    frame.columns = names
     return frame
 
 
@@ -271,11 +301,16 @@ def normalise_emails(emails: pd.Series) -> pd.Series:
     return emails.str.lower()
 
 
+# Python's \s (Unicode white space, as str.isspace) spelled for RE2, pyarrow's regex engine.
+WHITE_SPACE = r"\t\n\x0b\f\r\x1c-\x1f\x85\p{Z}"
+EMAIL_SHAPE = rf"^[^@{WHITE_SPACE}]+@[^@{WHITE_SPACE}]+\.[^@{WHITE_SPACE}]+$"
+
+
 def reject_malformed_emails(table: Table) -> None:
     """Rule invalid_email: one '@' with text on both sides and a dot in the domain, no spaces."""
     emails = table.clean["email"]
-    good = emails.fillna("").str.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+")
-    table.reject(emails.notna() & ~good, "invalid_email: {}", quoted(emails))
+    good = pc.match_substring_regex(as_text(emails), EMAIL_SHAPE).to_numpy(zero_copy_only=False)
+    table.reject(emails.notna() & ~pd.Series(good, index=emails.index), "invalid_email: {}", quoted(emails))
 
 
 # ---------------------------------------------------------------------------------------
@@ -350,12 +385,40 @@ def parse_dates(table: Table, column: str = "booking_date") -> pd.Series:
     Accepted: 2023-06-02, 2023-06-02T10:30:00(+02:00), 2023/06/02, June 3, 2023 (or Jun),
     3 June 2023. 02/06/2023 is refused as ambiguous (day and month order unknown).
     Returns ISO text (YYYY-MM-DD): dates stay text until PostgreSQL stores them as DATE.
+    Each distinct text is parsed once: a million bookings carry a few thousand dates.
     """
-    text = table.clean[column]
+    codes, distinct = pd.factorize(table.clean[column])
+    text = pd.Series(distinct, dtype=object)
+    year, month, day, unmatched = date_parts(text)
+    ambiguous = unmatched & text.str.fullmatch(AMBIGUOUS_DATE.pattern).astype(bool)
+    matched = year.notna()
+    bad_month = matched & month.isna()  # a month name we do not know
+    valid = matched & ~bad_month & (month >= 1) & (month <= 12) & (day >= 1) & (day <= days_in_month(year, month))
+    out_of_range = valid & ((year < DATE_MIN) | (year > DATE_MAX))
+    shown = quoted(table.raw[column])
+    rows = table.raw.index
+    table.reject(spread(ambiguous, codes, rows), "ambiguous_date: {} (write it as YYYY-MM-DD)", shown)
+    table.reject(spread(unmatched, codes, rows), "invalid_date: {} is not a recognised date", shown)
+    table.reject(spread(bad_month, codes, rows), "invalid_date: {} has an unknown month name", shown)
+    table.reject(spread(matched & ~bad_month & ~valid, codes, rows), "impossible_date: {} does not exist", shown)
+    table.reject(spread(out_of_range, codes, rows), "date_out_of_range: {}", shown)
+    iso = spread(iso_dates(year, month, day, valid), codes, rows, pd.NA)
+    return iso.where(table.ok, pd.NA)
+
+
+def spread(values: pd.Series, codes: np.ndarray, index: pd.Index, missing=False) -> pd.Series:
+    """Per-row values from per-distinct-text `values`; `codes` come from pd.factorize, whose
+    -1 (a missing text) picks `missing`, appended last."""
+    return pd.Series(np.append(values.to_numpy(), [missing])[codes], index=index)
+
+
+def date_parts(text: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series, pd.Series]:
+    """(year, month, day, unmatched) of date texts (no missing values); NaN where not parsed,
+    month NaN alone for an unknown month name."""
     year = pd.Series(np.nan, index=text.index)
     month = year.copy()
     day = year.copy()
-    unmatched = text.notna()
+    unmatched = pd.Series(True, index=text.index)
     # Fast paths: fixed-width numeric shapes cut into numbers, then named months parsed in C.
     for shape in FIXED_WIDTH_DATES:
         if not unmatched.any():
@@ -392,17 +455,7 @@ def parse_dates(table: Table, column: str = "booking_date") -> pd.Series:
             pd.to_numeric(y), pd.to_numeric(m), pd.to_numeric(d),
         )
         unmatched[parts.index] = False
-    shown = quoted(table.raw[column])
-    ambiguous = unmatched & text.fillna("").str.fullmatch(AMBIGUOUS_DATE.pattern)
-    table.reject(ambiguous, "ambiguous_date: {} (write it as YYYY-MM-DD)", shown)
-    table.reject(unmatched, "invalid_date: {} is not a recognised date", shown)
-    matched = year.notna()
-    bad_month = matched & month.isna()  # a month name we do not know
-    table.reject(bad_month, "invalid_date: {} has an unknown month name", shown)
-    valid = matched & ~bad_month & (month >= 1) & (month <= 12) & (day >= 1) & (day <= days_in_month(year, month))
-    table.reject(matched & ~bad_month & ~valid, "impossible_date: {} does not exist", shown)
-    table.reject(valid & ((year < DATE_MIN) | (year > DATE_MAX)), "date_out_of_range: {}", shown)
-    return iso_dates(year, month, day, valid & table.ok)
+    return year, month, day, unmatched
 
 
 def iso_dates(year: pd.Series, month: pd.Series, day: pd.Series, good: pd.Series) -> pd.Series:
@@ -509,15 +562,18 @@ def name_key(names: pd.Series) -> pd.Series:
 
 def resolve_destinations(table: Table, destinations: pd.DataFrame) -> None:
     """Rules unknown_destination / ambiguous_destination: map a booking's destination name to
-    the id of the one destination with that name."""
+    the id of the one destination with that name. Each distinct name is looked up once."""
     unique, shared = destination_lookup(destinations)
-    keys = name_key(table.clean["destination"])
-    ids = keys.map(unique)
-    shown = quoted(table.raw["destination"])
-    ambiguous = keys.isin(list(shared)) & table.clean["destination"].notna()
+    codes, distinct = pd.factorize(table.clean["destination"])
+    keys = name_key(pd.Series(distinct, dtype=object))
+    rows = table.raw.index
+    found = pd.Series([unique.get(k) for k in keys], dtype="Int64")  # no float: ids are BIGINT
+    ids = spread(found.astype(object), codes, rows, pd.NA)
     listed = keys.map(lambda k: ", ".join(map(str, shared[k])) if k in shared else "")
-    table.reject(ambiguous, "ambiguous_destination: {} names destinations {}", shown, listed)
-    table.reject(table.clean["destination"].notna() & ids.isna(), "unknown_destination: {}", shown)
+    shown = quoted(table.raw["destination"])
+    table.reject(spread(keys.isin(list(shared)), codes, rows), "ambiguous_destination: {} names destinations {}", shown,
+                 spread(listed, codes, rows, ""))
+    table.reject(spread(found.isna(), codes, rows), "unknown_destination: {}", shown)
     table.clean["destination_id"] = ids.astype("Int64")
 
 
@@ -611,12 +667,16 @@ def summarise(table: Table) -> TableSummary:
 def repaired_rows(table: Table) -> pd.Series:
     """Rows loaded with a value other than the one written in the file (trimmed, lower-cased,
     capitalised, a date rewritten as ISO, an amount given two decimals)."""
-    changed = pd.Series(False, index=table.raw.index)
+    changed = np.zeros(len(table.raw), dtype=bool)
     for column in table.clean.columns.intersection(table.raw.columns):
-        written = table.raw[column].fillna("")
-        stored = table.clean[column].astype(object).where(table.clean[column].notna(), "").astype(str)
-        changed |= written != stored
-    return changed
+        differs = pc.not_equal(as_text(table.raw[column]), as_text(table.clean[column]))
+        changed |= differs.to_numpy(zero_copy_only=False)
+    return pd.Series(changed, index=table.raw.index)
+
+
+def as_text(values: pd.Series) -> pa.Array:
+    """A column as the text a file would hold: '' where missing, numbers in decimal."""
+    return pc.fill_null(pa.array(values, from_pandas=True).cast(pa.large_string()), "")
 
 
 def check_reject_rates(summaries: dict[str, TableSummary], max_rate: float) -> None:
@@ -661,22 +721,128 @@ def format_summary(summaries: dict[str, TableSummary], dry_run: bool) -> str:
 # PostgreSQL
 
 
-def copy_frame(cur, table: str, frame: pd.DataFrame, columns: Sequence[str]) -> None:
-    """COPY `frame[columns]` into `table` (no header; an empty field is NULL)."""
+# Arrow types of the loaded columns, in COPY order: how rows are written for COPY and how
+# the stored rows read back are typed, so the two compare value by value.
+LOAD_TYPES = {
+    "destination": (pa.int64(), pa.string(), pa.string(), pa.string()),
+    "customer": (pa.int64(), pa.string(), pa.string(), pa.string(), pa.string()),
+    "booking": (pa.int64(), pa.int64(), pa.int64(), pa.string(), pa.int64(), pa.string(), pa.string(),
+                pa.bool_(), pa.bool_()),
+}
+LOAD_SCHEMAS = {t: pa.schema(list(zip(LOAD_COLUMNS[t], LOAD_TYPES[t]))) for t in LOAD_COLUMNS}
+COPY_BATCH_ROWS = 100_000  # rows formatted at a time: memory follows the batch, not the table
+COPY_READ_BYTES = 1 << 20
+
+
+def load_rows(frame: pd.DataFrame, table: str) -> pa.Table:
+    """The accepted rows of `table` in COPY order, typed as LOAD_SCHEMAS."""
+    columns = list(LOAD_COLUMNS[table])
+    return pa.Table.from_pandas(frame.loc[:, columns], preserve_index=False).cast(LOAD_SCHEMAS[table])
+
+
+class CsvStream:
+    """A file-like object for copy_expert: `rows` as CSV (no header; NULL is an empty
+    unquoted field), formatted by pyarrow one batch at a time when COPY asks for more."""
+
+    def __init__(self, rows: pa.Table):
+        self._batches = iter(rows.to_batches(max_chunksize=COPY_BATCH_ROWS))
+        self._pending = b""
+        self._options = pacsv.WriteOptions(include_header=False)
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._pending:
+            batch = next(self._batches, None)
+            if batch is None:
+                return b""
+            sink = pa.BufferOutputStream()
+            pacsv.write_csv(batch, sink, write_options=self._options)
+            self._pending = sink.getvalue().to_pybytes()
+        if size < 0 or size >= len(self._pending):
+            chunk, self._pending = self._pending, b""
+        else:
+            chunk, self._pending = self._pending[:size], self._pending[size:]
+        return chunk
+
+    readline = read  # psycopg2 asks for read() only; readline keeps the file protocol whole
+
+
+def copy_rows(cur, target: str, table: str, rows: pa.Table) -> None:
+    """COPY `rows` (columns LOAD_COLUMNS[table]) into `target`."""
     from psycopg2 import sql
 
-    buffer = io.StringIO()
-    frame.loc[:, list(columns)].to_csv(buffer, index=False, header=False, quoting=csv.QUOTE_MINIMAL)
-    buffer.seek(0)
     statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(
-        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
+        sql.Identifier(target), sql.SQL(", ").join(map(sql.Identifier, LOAD_COLUMNS[table]))
     )
-    cur.copy_expert(statement.as_string(cur), buffer)
+    cur.copy_expert(statement.as_string(cur), CsvStream(rows), size=COPY_READ_BYTES)
 
 
-def create_staging(cur) -> None:
-    for table in LOAD_COLUMNS:
-        cur.execute(f"CREATE TEMP TABLE stage_{table} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP")
+def stored_rows(cur, table: str) -> pa.Table:
+    """Every row stored in `table` (its LOAD_COLUMNS), read with one COPY TO and typed as
+    LOAD_SCHEMAS, so a reload can tell which rows of the file are new or changed."""
+    from psycopg2 import sql
+
+    columns = LOAD_COLUMNS[table]
+    statement = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT WITH (FORMAT csv)").format(
+        sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(table)
+    )
+    buffer = io.BytesIO()
+    cur.copy_expert(statement.as_string(cur), buffer, size=COPY_READ_BYTES)
+    if not buffer.getbuffer().nbytes:
+        return LOAD_SCHEMAS[table].empty_table()
+    buffer.seek(0)
+    return pacsv.read_csv(
+        buffer,
+        read_options=pacsv.ReadOptions(column_names=list(columns)),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types=LOAD_SCHEMAS[table], true_values=["t"], false_values=["f"],
+            strings_can_be_null=True, quoted_strings_can_be_null=False,
+        ),
+    )
+
+
+def new_or_changed(rows: pa.Table, stored: pa.Table, key: str) -> np.ndarray:
+    """Mask of `rows` whose key is not stored, or whose stored row differs in any column.
+
+    Equal text and numbers mean equal stored values, so a row left out is one the upsert
+    would not touch; a row kept by a mere difference of rendering is harmless (the upsert
+    still compares the values)."""
+    positions = pd.Index(stored[key].to_numpy()).get_indexer(rows[key].to_numpy())
+    found = positions >= 0
+    pending = ~found
+    if found.any():
+        ours = rows.filter(pa.array(found))
+        theirs = stored.take(pa.array(positions[found]))
+        differs = np.zeros(int(found.sum()), dtype=bool)
+        for column in rows.column_names:
+            a, b = ours[column], theirs[column]
+            same = pc.or_(pc.fill_null(pc.equal(a, b), False), pc.and_(pc.is_null(a), pc.is_null(b)))
+            differs |= ~same.to_numpy(zero_copy_only=False)
+        pending[found] = differs
+    return pending
+
+
+def create_staging(cur, table: str) -> None:
+    cur.execute(f"CREATE TEMP TABLE stage_{table} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP")
+
+
+def write_table(cur, table: str, rows: pa.Table, stored: pa.Table, staged: bool = False) -> tuple[int, int]:
+    """Store the accepted `rows` of `table`: (inserted, updated).
+
+    Into an empty table the rows are copied straight in (the first load: every row is new,
+    no staging, no upsert). Otherwise only the rows that are new or differ from `stored` go
+    through stage_<table> and the upsert; identical rows are never sent again. `staged`:
+    the caller has already filled stage_<table> with those rows."""
+    if stored.num_rows == 0:
+        copy_rows(cur, table, table, rows)
+        return rows.num_rows, 0
+    if not staged:
+        pending = rows.filter(pa.array(new_or_changed(rows, stored, KEYS[table])))
+        if pending.num_rows == 0:
+            return 0, 0
+        create_staging(cur, table)
+        copy_rows(cur, f"stage_{table}", table, pending)
+    return upsert(cur, table)
 
 
 def take_load_lock(cur) -> None:
@@ -696,18 +862,22 @@ def database_destinations(cur, exclude_ids: Iterable[int]) -> pd.DataFrame:
     return pd.DataFrame(cur.fetchall(), columns=["destination_id", "destination"])
 
 
-def database_customer_ids(cur, candidate_ids: Iterable[int]) -> list[int]:
-    """Which of `candidate_ids` are stored customers."""
-    ids = list(map(int, candidate_ids))
-    if not ids:
-        return []
-    cur.execute("SELECT customer_id FROM customer WHERE customer_id = ANY(%s)", (ids,))
-    return [row[0] for row in cur.fetchall()]
+def stage_customers(cur, customers: Table) -> tuple[pa.Table, pa.Table]:
+    """(the accepted customers, the stored ones). When customers are stored, the new and
+    changed ones go to stage_customer and rule email_in_use runs against them."""
+    stored = stored_rows(cur, "customer")
+    rows = load_rows(customers.accepted(), "customer")
+    if stored.num_rows:
+        create_staging(cur, "customer")
+        copy_rows(cur, "stage_customer", "customer", rows.filter(pa.array(new_or_changed(rows, stored, "customer_id"))))
+        reject_emails_in_use(cur, customers)
+    return rows, stored
 
 
 def reject_emails_in_use(cur, table: Table) -> None:
     """Rule email_in_use: an e-mail already held by another stored customer (who keeps it)
-    cannot be given to this one. Needs stage_customer filled with the accepted rows."""
+    cannot be given to this one. Needs stage_customer filled with the accepted customers that
+    are new or changed (an unchanged one holds its own address already)."""
     cur.execute(
         """
         SELECT s.customer_id, c.customer_id
@@ -826,29 +996,31 @@ def transform_and_load(settings: common.Settings, args) -> int:
     try:
         with conn, conn.cursor() as cur:
             take_load_lock(cur)
-            create_staging(cur)
-            copy_frame(cur, "stage_customer", customers.accepted(), LOAD_COLUMNS["customer"])
-            reject_emails_in_use(cur, customers)
+            cur.execute("SET LOCAL datestyle = 'ISO, YMD'")  # dates read back as written
+            customer_rows, stored_customers = stage_customers(cur, customers)
             known_destinations = pd.concat(
                 [destinations.accepted()[["destination_id", "destination"]],
                  database_destinations(cur, destinations.accepted()["destination_id"])],
                 ignore_index=True,
             )
-            run_ids = customers.accepted()["customer_id"].astype("int64")
-            referenced = bookings.clean["customer_id"][bookings.ok].dropna().astype("int64")
-            elsewhere = np.setdiff1d(referenced.unique(), run_ids.to_numpy())
-            known_customers = np.concatenate([run_ids.to_numpy(), np.array(database_customer_ids(cur, elsewhere), dtype=np.int64)])
+            known_customers = np.concatenate([
+                customers.accepted()["customer_id"].to_numpy(dtype=np.int64),
+                stored_customers["customer_id"].to_numpy(),
+            ])
             resolve_bookings(bookings, known_destinations, known_customers)
 
             write_rejects(tables, rejects_dir)
             summaries = {t.name: summarise(t) for t in tables}
             check_reject_rates(summaries, max_rate)
 
-            copy_frame(cur, "stage_destination", destinations.accepted(), LOAD_COLUMNS["destination"])
-            copy_frame(cur, "stage_booking", bookings.accepted(), LOAD_COLUMNS["booking"])
-            for name in LOAD_COLUMNS:
-                summaries[name].inserted, summaries[name].updated = upsert(cur, name)
-                log.info("%s: %d inserted, %d updated", name, summaries[name].inserted, summaries[name].updated)
+            for table in (destinations, customers, bookings):  # parents first
+                if table is customers:
+                    counts = write_table(cur, "customer", customer_rows, stored_customers, staged=True)
+                else:
+                    counts = write_table(cur, table.name, load_rows(table.accepted(), table.name),
+                                         stored_rows(cur, table.name))
+                summaries[table.name].inserted, summaries[table.name].updated = counts
+                log.info("%s: %d inserted, %d updated", table.name, *counts)
             cur.execute("SET CONSTRAINTS ALL IMMEDIATE")  # surface a deferred e-mail clash here
             if args.dry_run:
                 conn.rollback()
