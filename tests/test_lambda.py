@@ -302,6 +302,32 @@ def test_lambda_parse_cents(text, cents):
     assert lf.parse_cents(lf.pd.Series([text], dtype="str")).tolist() == [cents]
 
 
+@pytest.mark.parametrize("dtype", ["str", object, "string[pyarrow]"])
+def test_lambda_parse_cents_same_on_every_string_storage(dtype):
+    texts = ["99.99", "100", "0.5", "-1.05", "0.00", "9999999999999999.99", " 12.30 ", "007.10"]
+    expected = [9999, 10000, 50, -105, 0, 999999999999999999, 1230, 710]
+    assert lf.parse_cents(lf.pd.Series(texts, dtype=dtype)).tolist() == expected
+    exported = ["1234.50", "-0.05", "0.00"]  # stage 4's own shape: the all-vectorised path
+    assert lf.parse_cents(lf.pd.Series(exported, dtype=dtype)).tolist() == [123450, -5, 0]
+
+
+@pytest.mark.parametrize("dtype", ["str", object, "string[pyarrow]"])
+@pytest.mark.parametrize("text", ["1.234", "1.2.3", "12.3.", "abc", "1e5", ""])
+def test_lambda_parse_cents_rejects_on_every_string_storage(dtype, text):
+    with pytest.raises(ValueError, match="total_booking_value"):
+        lf.parse_cents(lf.pd.Series(["10.00", text], dtype=dtype))
+
+
+def test_lambda_group_sums_are_exact_integers():
+    np = lf.np
+    ids = np.array([3, 1, 3, 2, 1, 3], dtype=np.int64)
+    cents = np.array([10**17, 1, 10**17, 5, 2, 7], dtype=np.int64)
+    keys, counts, (sums,) = lf.group_sums(ids, cents)
+    assert keys.tolist() == [1, 2, 3]
+    assert counts.tolist() == [2, 1, 3]
+    assert sums.tolist() == [3, 5, 2 * 10**17 + 7]  # beyond float64's exact integers
+
+
 @pytest.mark.parametrize("text", ["1.234", "abc", "", "1e5", "1,50", "12345678901234567.00", "NaN"])
 def test_lambda_parse_cents_rejects(text):
     with pytest.raises(ValueError, match="total_booking_value"):
