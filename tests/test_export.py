@@ -297,6 +297,29 @@ def test_export_batch_writer_cuts_whole_rows_however_chunked(chunk):
     assert writer.total_rows == 5
 
 
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 5, 6])
+def test_export_batch_writer_row_per_write_any_batch_size(batch_size):
+    """psycopg2's way (one row per write): batches hold whole rows, quoted newlines included."""
+    batches = []
+    writer = stage.BatchWriter(b"h\n", batch_size, lambda n, rows, data: batches.append((rows, data)))
+    for row in ROWS * 3:
+        writer.write(row)
+    writer.finish()
+    assert b"".join(data.removeprefix(b"h\n") for _, data in batches) == b"".join(ROWS * 3)
+    assert [rows for rows, _ in batches[:-1]] == [batch_size] * (len(batches) - 1)
+    assert sum(rows for rows, _ in batches) == writer.total_rows == 15
+    for rows, data in batches:  # every batch parses as CSV into exactly its rows
+        assert len(list(csv.reader(io.StringIO(data.decode("utf-8"))))) == rows + 1
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [(b"1,a\n2,b\n", True), (b'1,"a, b"\n2,""\n', True), (b'1,"a\nb"\n', False), (b'1,"x""\n""y"\n', False)],
+)
+def test_export_lines_are_rows(data, expected):
+    assert stage.lines_are_rows(data) is expected
+
+
 def test_export_batch_writer_full_last_batch_and_empty_table():
     batches = []
     writer = stage.BatchWriter(b"h\n", 2, lambda n, rows, data: batches.append((n, rows, data)))
