@@ -1,0 +1,613 @@
+"""Security (issue 6) on real components: PostgreSQL roles and privileges after travel.sql,
+database credentials from AWS Secrets Manager (moto's server), the password check and
+STRICT_SECURITY, PGSSLMODE, .env permissions, .gitignore, and a leak test that runs every
+stage in a subprocess with known canary secrets and searches every output for them."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from urllib.parse import quote, unquote, urlparse, urlunparse
+
+import boto3
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+import batch_transfer_data_to_cloud_storage as export_stage
+import transform_load_csv_data as load_stage
+import waddle_common as common
+from conftest import REPO, apply_schema, libpq_env, query, run_psql, with_database
+from services import EmbeddedPostgres, free_port
+
+DAY = "2024-05-01"
+TABLES = ("destination", "customer", "booking", "load_run", "load_run_table")
+STRONG = "Strong-Pw-" + secrets.token_hex(16)  # 42 characters, letters and digits
+
+# ---------------------------------------------------------------------------------------
+# Helpers
+
+
+@pytest.fixture(autouse=True)
+def quiet_moto_server():
+    """moto's server runs in this process: keep its request log out of the stderr tests read."""
+    logger = logging.getLogger("werkzeug")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    yield
+    logger.setLevel(level)
+
+
+_role_numbers = itertools.count(1)
+
+
+def login_url(database_url: str, user: str, password: str | None = None) -> str:
+    """`database_url` for another user; the password percent-encoded (None: no password)."""
+    parts = urlparse(database_url)
+    auth = quote(user, safe="") + (f":{quote(password, safe='')}" if password is not None else "")
+    return urlunparse(parts._replace(netloc=f"{auth}@{parts.hostname}:{parts.port}"))
+
+
+@pytest.fixture
+def login_user(pg_admin_url):
+    """Factory: a new LOGIN user holding only `group` (or nothing); dropped after the test."""
+    created: list[str] = []
+
+    def make(database_url: str, group: str | None, password: str = STRONG) -> str:
+        name = f"waddle_user_{os.getpid()}_{next(_role_numbers)}"
+        conn = psycopg2.connect(pg_admin_url)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(name)), (password,))
+                if group:
+                    cur.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(name)))
+        finally:
+            conn.close()
+        created.append(name)
+        return login_url(database_url, name, password)
+
+    yield make
+    conn = psycopg2.connect(pg_admin_url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            for name in created:
+                cur.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+    finally:
+        conn.close()
+
+
+def user_of(url: str) -> str:
+    return urlparse(url).username
+
+
+def sqlstate_of(url: str, statement: str) -> str | None:
+    """The SQLSTATE `statement` fails with when run by the user of `url` (None: it worked)."""
+    try:
+        query(url, statement)
+    except psycopg2.Error as exc:
+        return exc.pgcode
+    return None
+
+
+INSUFFICIENT_PRIVILEGE = "42501"  # SQLSTATE insufficient_privilege
+
+
+def counts(url: str) -> dict[str, int]:
+    return {t: query(url, f"SELECT count(*) FROM {t}")[0][0] for t in ("customer", "destination", "booking")}
+
+
+@pytest.fixture
+def aws(moto_endpoint, monkeypatch):
+    """boto3's default chain pointed at moto's server (S3 and Secrets Manager)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-key-value")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return moto_endpoint
+
+
+_secret_numbers = itertools.count(1)
+
+
+def create_secret(value: str) -> str:
+    name = f"waddle/test/{os.getpid()}/{next(_secret_numbers)}"
+    boto3.client("secretsmanager").create_secret(Name=name, SecretString=value)
+    return name
+
+
+def rds_secret(url: str, **changes) -> str:
+    """The Secrets Manager JSON of an RDS database for the user and database of `url`."""
+    parts = urlparse(url)
+    secret = {"engine": "postgres", "username": unquote(parts.username), "password": unquote(parts.password),
+              "host": parts.hostname, "port": parts.port, "dbname": parts.path.lstrip("/")}
+    return json.dumps({**secret, **changes})
+
+
+# ---------------------------------------------------------------------------------------
+# Roles and privileges (travel.sql)
+
+
+def test_security_group_roles_exist_and_cannot_log_in(schema_db):
+    rows = query(schema_db, "SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname LIKE 'travel\\_%' ORDER BY 1")
+    assert rows == [("travel_loader", False), ("travel_reader", False)]
+
+
+def grants(url: str, grantee: str) -> dict[str, set[str]]:
+    rows = query(
+        url,
+        "SELECT table_name, privilege_type FROM information_schema.role_table_grants "
+        "WHERE grantee = %s AND table_schema = current_schema()",
+        (grantee,),
+    )
+    found: dict[str, set[str]] = {}
+    for table, privilege in rows:
+        found.setdefault(table, set()).add(privilege)
+    return found
+
+
+def test_security_group_role_privileges_are_exactly_these_even_after_a_hand_grant(schema_db):
+    # A hand edit (or an older travel.sql) granted too much: running travel.sql again undoes it.
+    query(schema_db, "GRANT DELETE, TRUNCATE ON booking TO travel_loader")
+    query(schema_db, "GRANT INSERT ON customer TO travel_reader")
+    apply_schema(schema_db)
+
+    assert grants(schema_db, "travel_loader") == {t: {"SELECT", "INSERT", "UPDATE"} for t in TABLES}
+    assert grants(schema_db, "travel_reader") == {t: {"SELECT"} for t in TABLES}
+    sequence = query(schema_db, "SELECT pg_get_serial_sequence('load_run', 'run_id')")[0][0]
+    assert query(schema_db, "SELECT has_sequence_privilege('travel_loader', %s, 'USAGE'), "
+                            "has_sequence_privilege('travel_reader', %s, 'USAGE')", (sequence, sequence)) == [(True, False)]
+
+
+def test_security_public_has_no_table_privilege(schema_db):
+    query(schema_db, "GRANT SELECT ON customer TO PUBLIC")  # the personal data, opened by mistake
+    apply_schema(schema_db)
+
+    assert grants(schema_db, "PUBLIC") == {}
+    for table in TABLES:
+        for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER"):
+            assert query(schema_db, "SELECT has_table_privilege('public', %s, %s)", (table, privilege)) == [(False,)]
+    assert query(schema_db, "SELECT has_schema_privilege('public', current_schema(), 'CREATE')") == [(False,)]
+
+
+def test_security_user_without_group_role_reads_nothing(schema_db, login_user):
+    nobody = login_user(schema_db, None)
+    assert sqlstate_of(nobody, "SELECT * FROM customer") == INSUFFICIENT_PRIVILEGE
+    assert sqlstate_of(nobody, "CREATE TABLE intruder (x int)") == INSUFFICIENT_PRIVILEGE
+
+
+def test_security_loader_can_load_but_not_drop_truncate_delete_or_create(schema_db, sample_dir, login_user,
+                                                                        monkeypatch):
+    loader = login_user(schema_db, "travel_loader")
+    monkeypatch.setenv("DATABASE_URL", loader)
+
+    assert load_stage.main(["--data-dir", str(sample_dir)]) == 0
+    assert load_stage.main(["--data-dir", str(sample_dir)]) == 0  # the update path: nothing changes
+
+    loaded = counts(schema_db)
+    assert min(loaded.values()) > 0
+    assert query(schema_db, "SELECT DISTINCT loaded_by FROM load_run") == [(user_of(loader),)]
+    for statement in ("DROP TABLE booking", "TRUNCATE booking", "DELETE FROM booking",
+                      "CREATE TABLE intruder (x int)", "ALTER TABLE customer ADD COLUMN x int",
+                      "DELETE FROM load_run_table"):
+        assert sqlstate_of(loader, statement) == INSUFFICIENT_PRIVILEGE, statement
+    assert counts(schema_db) == loaded
+
+
+def test_security_reader_can_export_but_not_write(schema_db, sample_dir, s3_bucket, login_user, monkeypatch):
+    assert load_stage.main(["--data-dir", str(sample_dir)]) == 0
+    loaded = counts(schema_db)
+    reader = login_user(schema_db, "travel_reader")
+    monkeypatch.setenv("DATABASE_URL", reader)
+
+    assert export_stage.main(["--date", DAY]) == 0
+
+    manifest = json.loads(boto3.client("s3").get_object(Bucket=s3_bucket, Key=f"{DAY}/_manifest.json")["Body"].read())
+    assert {t: manifest["tables"][t]["rows"] for t in ("customer", "destination", "booking")} == loaded
+    for statement in ("INSERT INTO destination VALUES (999, 'X', 'Y', 'Spring')", "DELETE FROM booking",
+                      "UPDATE customer SET phone = NULL", "TRUNCATE booking", "DROP TABLE booking"):
+        assert sqlstate_of(reader, statement) == INSUFFICIENT_PRIVILEGE, statement
+    assert load_stage.main(["--data-dir", str(sample_dir)]) == 1  # the reader cannot load either
+    assert counts(schema_db) == loaded
+
+
+def test_security_travel_sql_as_database_owner_without_createrole(schema_db, pg_admin_url, login_user):
+    # The group roles exist (schema_db's run as superuser made sure): the owner still creates
+    # the schema, grants the roles their privileges, and says it created no role.
+    dbname = f"waddle_owner_{os.getpid()}_{next(_role_numbers)}"
+    owner = login_user(with_database(pg_admin_url, dbname), None)
+    admin = psycopg2.connect(pg_admin_url)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(dbname), sql.Identifier(user_of(owner))))
+        result = run_psql(owner, REPO / "travel.sql")
+        again = run_psql(owner, REPO / "travel.sql")
+        owner_grants = grants(owner, "travel_loader")
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+        admin.close()
+
+    assert result.returncode == 0 and again.returncode == 0, result.stderr + again.stderr
+    assert f"NOTICE:  roles skipped: {user_of(owner)} may not create roles (no CREATEROLE)." in result.stderr
+    assert owner_grants == {t: {"SELECT", "INSERT", "UPDATE"} for t in TABLES}
+
+
+@pytest.mark.slow
+def test_security_travel_sql_without_createrole_on_a_cluster_without_the_roles():
+    """On a server where the roles do not exist and the user may not create them: the
+    schema is still created, nothing is granted, and the NOTICE names the skipped roles."""
+    folder = Path(tempfile.mkdtemp(prefix="waddle-pg-roles-"))
+    server = EmbeddedPostgres(folder / "data").start()
+    try:
+        query(server.url(), "CREATE ROLE owner_no_createrole LOGIN PASSWORD %s", (STRONG,))
+        admin = psycopg2.connect(server.url())
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute("CREATE DATABASE travel OWNER owner_no_createrole")
+        admin.close()
+        owner = server.url("travel", "owner_no_createrole", STRONG)
+
+        result = run_psql(owner, REPO / "travel.sql")
+
+        assert result.returncode == 0, result.stderr
+        assert ("NOTICE:  roles skipped: owner_no_createrole may not create roles (no CREATEROLE). "
+                "travel_loader and travel_reader not created and not granted") in result.stderr
+        assert query(owner, "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'travel\\_%'") == [(0,)]
+        tables = query(owner, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1")
+        assert [t for (t,) in tables] == sorted(TABLES)
+        assert grants(owner, "PUBLIC") == {}
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Credentials from AWS Secrets Manager
+
+
+def test_security_credentials_come_from_the_secret(schema_db, sample_dir, login_user, aws, monkeypatch):
+    loader = login_user(schema_db, "travel_loader")
+    monkeypatch.setenv("DB_SECRET_ID", create_secret(rds_secret(loader)))
+    # The secret wins over whatever else is configured.
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://nobody:wrong@127.0.0.1:{free_port()}/nowhere")
+    monkeypatch.setenv("STRICT_SECURITY", "1")  # its password is strong: no refusal
+
+    assert load_stage.main(["--data-dir", str(sample_dir)]) == 0
+
+    assert query(schema_db, "SELECT loaded_by FROM load_run") == [(user_of(loader),)]
+    assert min(counts(schema_db).values()) > 0
+
+
+def test_security_secret_with_only_username_and_password_uses_the_rest_of_the_environment(
+        schema_db, login_user, aws, monkeypatch):
+    # RDS-managed master secrets hold only username and password.
+    loader = login_user(schema_db, "travel_loader")
+    monkeypatch.setenv("DATABASE_URL", login_url(schema_db, "nobody"))
+    monkeypatch.setenv("DB_SECRET_ID", create_secret(rds_secret(loader, host=None, port=None, dbname=None)))
+
+    conn = common.connect_db("test")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_user, current_database()")
+            assert cur.fetchone() == (user_of(loader), urlparse(schema_db).path.lstrip("/"))
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (None, "does not exist in this account and region"),
+        ("Leak-Canary-not-json {", "is not a JSON object; expected the RDS format"),
+        (json.dumps({"username": "etl"}), "lacks password"),
+        (json.dumps(["Leak-Canary-list"]), "is not a JSON object"),
+    ],
+    ids=["missing", "not-json", "no-password", "not-an-object"],
+)
+def test_security_bad_secret_is_one_config_error_line(sample_dir, aws, monkeypatch, capsys, value, expected):
+    name = create_secret(value) if value is not None else "waddle/test/never-created"
+    monkeypatch.setenv("DB_SECRET_ID", name)
+
+    assert load_stage.main(["--data-dir", str(sample_dir)]) == 2
+
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("transform_load_csv_data: error: ") and expected in err
+    assert name in err and "Leak-Canary" not in err
+
+
+def test_security_secret_values_are_redacted(aws):
+    password = "Pw-with-@:/%-" + secrets.token_hex(12)
+    payload = json.dumps({"username": "etl", "password": password, "host": "db.example", "port": 5432})
+    name = create_secret(payload)
+
+    common.read_database_secret(name)
+
+    text = f"payload {payload} raw {password} encoded {quote(password, safe='')}"
+    assert password not in common.redact(text) and quote(password, safe="") not in common.redact(text)
+    assert payload not in common.redact(text)
+
+
+# ---------------------------------------------------------------------------------------
+# Password check, STRICT_SECURITY, PGSSLMODE
+
+
+@pytest.mark.parametrize(
+    "password, weakness",
+    [
+        ("short1", "shorter than 32 characters"),
+        ("a1" * 15 + "b", "shorter than 32 characters"),  # 31
+        ("a1" * 16, None),  # exactly 32
+        ("letters-only-" + "x" * 30, "not a mix of letters and digits"),
+        ("1234567890" * 4, "not a mix of letters and digits"),
+        ("-_-_" * 10, "not a mix of letters and digits"),
+        (STRONG, None),
+    ],
+)
+def test_security_password_weakness(password, weakness):
+    assert common.password_weakness(password) == weakness
+
+
+def test_security_no_password_is_not_judged():
+    common.check_password(None, strict=True)  # certificate, peer or ~/.pgpass authentication
+
+
+@pytest.mark.parametrize("how", ["url", "pgpassword"])
+def test_security_weak_password_warns_in_one_line_and_loads(schema_db, sample_dir, login_user, monkeypatch,
+                                                           capsys, how):
+    weak = "tooshort-pw"
+    loader = login_user(schema_db, "travel_loader", password=weak)
+    if how == "url":
+        monkeypatch.setenv("DATABASE_URL", loader)
+    else:
+        monkeypatch.setenv("DATABASE_URL", login_url(schema_db, user_of(loader)))
+        monkeypatch.setenv("PGPASSWORD", weak)
+
+    assert load_stage.main(["--data-dir", str(sample_dir)]) == 0
+
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(warnings) == 1
+    assert warnings[0].endswith("the database password is shorter than 32 characters; use a generated password "
+                                "of 32+ letters and digits (STRICT_SECURITY=1 would refuse it)")
+    assert weak not in warnings[0]
+    assert min(counts(schema_db).values()) > 0
+
+
+@pytest.mark.parametrize("stage", ["load", "export"])
+def test_security_strict_security_refuses_a_weak_password(schema_db, sample_dir, login_user, s3_bucket,
+                                                          monkeypatch, capsys, stage):
+    weak = "letters-only-password-but-long-enough"
+    group = "travel_loader" if stage == "load" else "travel_reader"
+    monkeypatch.setenv("DATABASE_URL", login_user(schema_db, group, password=weak))
+    monkeypatch.setenv("STRICT_SECURITY", "1")
+    name = {"load": "transform_load_csv_data", "export": "batch_transfer_data_to_cloud_storage"}[stage]
+
+    if stage == "load":
+        code = load_stage.main(["--data-dir", str(sample_dir)])
+    else:
+        code = export_stage.main(["--date", DAY])
+
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err == (f"{name}: error: the database password is not a mix of letters and digits; STRICT_SECURITY=1 "
+                   "refuses to use it: use a generated password of 32+ letters and digits\n")
+    assert counts(schema_db) == {"customer": 0, "destination": 0, "booking": 0}
+    assert "Contents" not in boto3.client("s3").list_objects_v2(Bucket=s3_bucket)
+
+
+def test_security_strict_security_must_be_a_flag(sample_dir, monkeypatch, capsys):
+    monkeypatch.setenv("STRICT_SECURITY", "maybe")
+    assert load_stage.main(["--data-dir", str(sample_dir)]) == 2
+    assert "STRICT_SECURITY must be 1 or 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("how", ["url", "libpq", "secret"])
+def test_security_pgsslmode_is_honoured(schema_db, login_user, aws, monkeypatch, how):
+    # The test server has no TLS: PGSSLMODE=require must make the connection fail, whichever
+    # way the credentials come, and =disable must work. Nothing may override it.
+    loader = login_user(schema_db, "travel_loader")
+    if how == "url":
+        monkeypatch.setenv("DATABASE_URL", loader)
+    elif how == "libpq":
+        for key, value in libpq_env(loader).items():
+            monkeypatch.setenv(key, value)
+    else:
+        monkeypatch.setenv("DB_SECRET_ID", create_secret(rds_secret(loader)))
+
+    monkeypatch.setenv("PGSSLMODE", "require")
+    with pytest.raises(common.PipelineError, match="SSL"):
+        common.connect_db("test")
+
+    monkeypatch.setenv("PGSSLMODE", "disable")
+    common.connect_db("test").close()
+
+
+# ---------------------------------------------------------------------------------------
+# .env and .gitignore
+
+
+def test_security_env_file_readable_by_others_warns(sample_dir, tmp_path, capsys):
+    env_file = tmp_path / ".env"
+    urls = "".join(f"{t.upper()}_CSV_URL={sample_dir / f'{t}.csv'}\n" for t in ("customer", "destination", "booking"))
+    env_file.write_text(urls + f"DOWNLOAD_DIR={tmp_path / 'out'}\n")
+    download = __import__("download_dataset")
+
+    try:
+        env_file.chmod(0o644)
+        assert download.main([]) == 0
+        assert ".env is readable by other users; run: chmod 600 .env" in capsys.readouterr().err
+
+        env_file.chmod(0o600)
+        assert download.main([]) == 0
+        assert "readable" not in capsys.readouterr().err
+    finally:  # load_env put them into os.environ; the next test must not inherit them
+        for line in env_file.read_text().splitlines():
+            os.environ.pop(line.split("=", 1)[0], None)
+
+
+@pytest.mark.parametrize(
+    "path, ignored",
+    [(".env", True), ("prod.env", True), ("download_dataset/customer.csv", True), ("rejects/booking_rejects.csv", True),
+     (".local/postgres/PG_VERSION", True), ("run.log", True), ("env.example", False), ("lambda/env.example", False)],
+)
+def test_security_gitignore_covers_secrets_data_rejects_and_local_state(path, ignored):
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    result = subprocess.run(["git", "check-ignore", "--no-index", "-q", path], cwd=REPO, timeout=30)
+    assert result.returncode == (0 if ignored else 1)
+
+
+# ---------------------------------------------------------------------------------------
+# Leak test: every stage, success and failure, plain and --verbose, in a subprocess
+
+# Random per session, so no fixed string could be special-cased; URL-special characters in
+# the password test every place that parses or quotes a connection string.
+PASSWORD_TOKEN = secrets.token_hex(12)
+SECRET_KEY_TOKEN = secrets.token_hex(12)
+CANARY_PASSWORD = f"Leak-Canary-Pw-@:/%-{PASSWORD_TOKEN}"
+CANARY_SECRET_KEY = f"Leak-Canary-Secret-{SECRET_KEY_TOKEN}"
+CANARY_TOKENS = (PASSWORD_TOKEN, SECRET_KEY_TOKEN)
+
+# Runs a stage as __main__ and records the argument list of every process it starts.
+RUNNER = r"""
+import os, runpy, sys
+log = open(os.environ["WADDLE_TEST_SPAWN_LOG"], "a")
+def record(event, args):
+    if event in ("subprocess.Popen", "os.exec", "os.posix_spawn", "os.spawn", "os.system"):
+        # Everything but the environment, which children inherit by design.
+        log.write(f"{event} {[a for a in args if not hasattr(a, 'keys')]!r}\n")
+        log.flush()
+sys.addaudithook(record)
+script = sys.argv[1]
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(script))
+runpy.run_path(script, run_name="__main__")
+"""
+
+SCRIPTS = {
+    "download": REPO / "download_dataset.py",
+    "load": REPO / "transform_load_csv_data.py",
+    "export": REPO / "batch_transfer_data_to_cloud_storage.py",
+    "lambda": REPO / "lambda" / "lambda_function.py",
+}
+
+
+def server_log(pg_admin_url: str) -> Path | None:
+    """The embedded server's log file (pg_ctl -l), when it is ours and readable."""
+    try:
+        datadir = query(pg_admin_url, "SHOW data_directory")[0][0]
+    except psycopg2.Error:
+        return None
+    path = Path(datadir) / "server.log"
+    return path if path.is_file() and os.access(path, os.R_OK) else None
+
+
+def run_leaky(stage: str, args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str]:
+    """Run `stage` in a subprocess; return its exit code and everything it left behind to search."""
+    spawn_log = cwd / "spawned.txt"
+    spawn_log.touch()
+    argv = [sys.executable, "-c", RUNNER, str(SCRIPTS[stage]), *args]
+    result = subprocess.run(argv, env={**env, "WADDLE_TEST_SPAWN_LOG": str(spawn_log)}, cwd=cwd,
+                            capture_output=True, text=True, timeout=300)
+    files = "\n".join(p.read_text(errors="replace") for p in sorted(cwd.rglob("*")) if p.is_file() and p.name != ".env")
+    return result.returncode, "\n".join([" ".join(argv), result.stdout, result.stderr, files])
+
+
+def assert_no_canary(text: str) -> None:
+    for token in CANARY_TOKENS:
+        assert token not in text, f"canary {token} leaked:\n{text[max(0, text.find(token) - 400):text.find(token) + 200]}"
+
+
+@pytest.fixture
+def leak_setup(schema_db, sample_dir, s3_bucket, login_user, pg_admin_url, tmp_path):
+    """A database with the schema and two users whose password is the canary; the sample
+    data served as files; S3 at moto with the canary as AWS secret key."""
+    loader = login_user(schema_db, "travel_loader", password=CANARY_PASSWORD)
+    reader = login_user(schema_db, "travel_reader", password=CANARY_PASSWORD)
+    base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL",) and not k.startswith("PG")}
+    base.update({"AWS_SECRET_ACCESS_KEY": CANARY_SECRET_KEY, "S3_BUCKET_NAME": s3_bucket, "PGCONNECT_TIMEOUT": "5",
+                 "LOG_LEVEL": "DEBUG"})
+    base.update({f"{t.upper()}_CSV_URL": (sample_dir / f"{t}.csv").as_uri() for t in ("customer", "destination", "booking")})
+    log = server_log(pg_admin_url)
+    start = log.stat().st_size if log else 0
+    yield {"loader": loader, "reader": reader, "base": base, "schema_db": schema_db, "sample_dir": sample_dir,
+           "work": tmp_path / "work"}
+    if log:  # the server's own log: failed logins are recorded there, never with the password
+        with open(log, "rb") as fh:
+            fh.seek(start)
+            assert_no_canary(fh.read().decode("utf-8", "replace"))
+
+
+def test_security_leak_runner_records_the_argv_of_children(tmp_path):
+    child = tmp_path / "child.py"
+    child.write_text("import subprocess, sys\nsubprocess.run([sys.executable, '-c', 'pass', 'marker-arg'])\n")
+    SCRIPTS["child"] = child
+    try:
+        code, _ = run_leaky("child", [], dict(os.environ), tmp_path)
+    finally:
+        del SCRIPTS["child"]
+    spawned = (tmp_path / "spawned.txt").read_text()
+    assert code == 0 and "subprocess.Popen" in spawned and "marker-arg" in spawned
+
+
+@pytest.mark.slow
+def test_security_leak_no_stage_prints_or_passes_on_a_secret(leak_setup):
+    """Eleven runs in order (the export needs the load, the Lambda the export). --verbose
+    where it matters: its tracebacks and debug logs are where secrets usually slip out."""
+    s = leak_setup
+    loader, reader, base = s["loader"], s["reader"], s["base"]
+    wrong_password = login_url(s["schema_db"], user_of(loader), CANARY_PASSWORD + "-wrong")
+    unreachable = login_url(f"postgresql://127.0.0.1:{free_port()}/travel", "etl", CANARY_PASSWORD)
+    secret_ok = create_secret(rds_secret(loader))
+    data = ["--data-dir", str(s["sample_dir"])]
+    cases = [
+        # (name, stage, args, extra environment, expected exit code)
+        ("download ok", "download", ["--verbose"], {}, 0),
+        ("download with credentials in an unreachable URL", "download", ["--verbose"],
+         {"BOOKING_CSV_URL": f"http://etl:{quote(CANARY_PASSWORD, safe='')}@127.0.0.1:{free_port()}/booking.csv",
+          "DOWNLOAD_RETRIES": "0"}, 1),
+        ("load ok", "load", data + ["--verbose"], {"DATABASE_URL": loader}, 0),
+        ("load wrong password verbose", "load", data + ["--verbose"], {"DATABASE_URL": wrong_password}, 1),
+        ("load unreachable host, PGPASSWORD", "load", data + ["--verbose"],
+         {**libpq_env(unreachable)}, 1),
+        ("load from secret", "load", data + ["--verbose"], {"DB_SECRET_ID": secret_ok}, 0),
+        ("export ok", "export", ["--date", DAY, "--verbose"], {"DATABASE_URL": reader}, 0),
+        ("export bad bucket", "export", ["--date", DAY, "--verbose"],
+         {"DATABASE_URL": reader, "S3_BUCKET_NAME": "waddle-no-such-bucket"}, 1),
+        ("export wrong password", "export", ["--date", DAY], {"DATABASE_URL": wrong_password}, 1),
+        ("lambda ok", "lambda", ["--date", DAY, "--verbose"], {}, 0),
+        ("lambda bad bucket", "lambda", ["--date", DAY, "--verbose"], {"S3_BUCKET_NAME": "waddle-no-such-bucket"}, 1),
+    ]
+    for number, (name, stage, args, extra, expected) in enumerate(cases):
+        work = s["work"] / f"{number:02d}"
+        work.mkdir(parents=True)
+        code, everything = run_leaky(stage, args, {**base, **extra}, work)
+        assert code == expected, f"{name}: exit {code}\n{everything[-3000:]}"
+        assert_no_canary(everything)
+    assert min(counts(s["schema_db"]).values()) > 0
+
+
+def test_security_leak_env_file_credentials_are_not_printed(leak_setup):
+    # The same credentials read from a .env file that others may read (a warning, not a leak).
+    s = leak_setup
+    work = s["work"] / "dotenv"
+    work.mkdir(parents=True)
+    wrong = login_url(s["schema_db"], user_of(s["loader"]), CANARY_PASSWORD + "-wrong")
+    (work / ".env").write_text(f"DATABASE_URL={wrong}\nAWS_SECRET_ACCESS_KEY={CANARY_SECRET_KEY}\n")
+    (work / ".env").chmod(0o644)
+    env = {k: v for k, v in s["base"].items() if k != "AWS_SECRET_ACCESS_KEY"}
+
+    code, everything = run_leaky("load", ["--data-dir", str(s["sample_dir"]), "--verbose"], env, work)
+
+    assert code == 1 and ".env is readable by other users" in everything
+    assert_no_canary(everything)
