@@ -217,7 +217,7 @@ def test_faults_download_latin1_header_is_kept_verbatim(http_server, monkeypatch
 @pytest.fixture(scope="module")
 def big_dataset(tmp_path_factory):
     """A clean generated dataset large enough that its COPY can be caught in flight."""
-    return generate_dataset(tmp_path_factory.mktemp("big"), customers=60_000, bookings=60_000)
+    return generate_dataset(tmp_path_factory.mktemp("big"), customers=40_000, bookings=10_000)
 
 
 def loaded_sample(url: str) -> None:
@@ -254,8 +254,8 @@ def test_faults_load_killed_mid_copy_changes_nothing(schema_db, big_dataset, tmp
     assert query(schema_db, "SELECT count(*) FROM load_run") == [(2,)]  # the sample's and the rerun's
     latest = query(schema_db, "SELECT table_name, rows_read, rows_loaded FROM load_run_table "
                               "WHERE run_id = (SELECT max(run_id) FROM load_run) ORDER BY 1")
-    assert latest == [("booking", 60_000, 60_000), ("customer", 60_000, 60_000), ("destination", 50, 50)]
-    assert query(schema_db, "SELECT count(*) FROM booking WHERE booking_id <= 60000") == [(60_000,)]
+    assert latest == [("booking", 10_000, 10_000), ("customer", 40_000, 40_000), ("destination", 50, 50)]
+    assert query(schema_db, "SELECT count(*) FROM customer WHERE customer_id <= 40000") == [(40_000,)]
 
 
 def test_faults_two_loads_are_serialised(schema_db, sample_dir, tmp_path):
