@@ -496,6 +496,7 @@ runpy.run_path(script, run_name="__main__")
 """
 
 SCRIPTS = {
+    "psql": REPO / "waddle_common.py",  # travel.sh's schema stage: python -m waddle_common psql
     "download": REPO / "download_dataset.py",
     "load": REPO / "transform_load_csv_data.py",
     "export": REPO / "batch_transfer_data_to_cloud_storage.py",
@@ -563,7 +564,7 @@ def test_security_leak_runner_records_the_argv_of_children(tmp_path):
 
 @pytest.mark.slow
 def test_security_leak_no_stage_prints_or_passes_on_a_secret(leak_setup):
-    """Eleven runs in order (the export needs the load, the Lambda the export). --verbose
+    """Thirteen runs in order (the export needs the load, the Lambda the export). --verbose
     where it matters: its tracebacks and debug logs are where secrets usually slip out."""
     s = leak_setup
     loader, reader, base = s["loader"], s["reader"], s["base"]
@@ -573,6 +574,10 @@ def test_security_leak_no_stage_prints_or_passes_on_a_secret(leak_setup):
     data = ["--data-dir", str(s["sample_dir"])]
     cases = [
         # (name, stage, args, extra environment, expected exit code)
+        ("psql ok", "psql", ["--verbose", "psql", "--", "-X", "-c", "SELECT count(*) FROM customer"],
+         {"DATABASE_URL": reader}, 0),
+        ("psql travel.sql, wrong password", "psql", ["--verbose", "psql", "--", "-X", "-q", "-v", "ON_ERROR_STOP=1",
+                                                      "-f", str(REPO / "travel.sql")], {"DATABASE_URL": wrong_password}, 2),
         ("download ok", "download", ["--verbose"], {}, 0),
         ("download with credentials in an unreachable URL", "download", ["--verbose"],
          {"BOOKING_CSV_URL": f"http://etl:{quote(CANARY_PASSWORD, safe='')}@127.0.0.1:{free_port()}/booking.csv",
