@@ -37,7 +37,7 @@ import waddle_common as common
 log = logging.getLogger("data_waddle.download")
 
 CHUNK_SIZE = 1 << 16
-MAX_RETRY_AFTER = 60.0  # seconds: a server asking for longer is treated as failing
+MAX_RETRY_AFTER = 60.0  # seconds: the longest Retry-After honoured; a longer one is cut to this
 
 
 class DownloadError(common.PipelineError):

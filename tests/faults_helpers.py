@@ -73,7 +73,7 @@ class Observer:
         """Backends of `application` that are in the middle of a COPY right now."""
         return [r[0] for r in self.rows(
             "SELECT a.pid FROM pg_stat_progress_copy p JOIN pg_stat_activity a USING (pid) "
-            "WHERE a.application_name = %s",
+            "WHERE a.application_name = %s AND a.datname = current_database()",
             (application,),
         )]
 
@@ -82,15 +82,17 @@ class Observer:
         return [r[0] for r in self.rows(
             "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
             "WHERE l.locktype = 'advisory' AND NOT l.granted AND a.application_name = %s "
+            "AND a.datname = current_database() "
             "AND ((l.classid::bigint << 32) | l.objid::bigint) = %s",
             (application, key),
         )]
 
     def waiting_on_table(self, table: str, application: str = LOADER_APPLICATION) -> list[int]:
+        """Backends of `application` waiting for a lock on `table`."""
         return [r[0] for r in self.rows(
             "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
             "WHERE l.locktype = 'relation' AND NOT l.granted AND l.relation = %s::regclass "
-            "AND a.application_name = %s",
+            "AND a.application_name = %s AND a.datname = current_database()",
             (table, application),
         )]
 
@@ -170,12 +172,18 @@ class FaultyStore:
 
     `fail(n)` says whether the n-th object PUT (1-based, counting retries) gets `error`
     instead of being forwarded. Counts: `puts` seen, `failed` answered with the error.
+    With `hold=True` every object PUT waits for `gate` (set `put_arrived` first): the
+    upload hangs as long as the test wants.
     """
 
-    def __init__(self, upstream: str, fail: Callable[[int], bool], error: tuple[int, bytes] = INTERNAL_ERROR):
+    def __init__(self, upstream: str, fail: Callable[[int], bool] = lambda n: False,
+                 error: tuple[int, bytes] = INTERNAL_ERROR, hold: bool = False):
         self.upstream = urlparse(upstream)
         self.fail = fail
         self.error = error
+        self.hold = hold
+        self.put_arrived = threading.Event()
+        self.gate = threading.Event()
         self.puts = 0
         self.failed = 0
         self.lock = threading.Lock()
@@ -187,6 +195,9 @@ class FaultyStore:
             def forward(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                if self.command == "PUT" and outer.is_object(self.path) and outer.hold:
+                    outer.put_arrived.set()
+                    outer.gate.wait(30)
                 if self.command == "PUT" and outer.is_object(self.path) and outer.should_fail():
                     status, data = outer.error
                     return self.reply(status, data, [("Content-Type", "application/xml")])
@@ -244,6 +255,7 @@ class FaultyStore:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.gate.set()
         self.server.shutdown()
         self.server.server_close()
 

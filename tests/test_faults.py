@@ -17,6 +17,7 @@ had some; they are referenced, not repeated):
 - S3 500 / SlowDown for some PUTs: test_faults_export_retries_store_faults; a store that
   keeps failing: test_faults_export_store_keeps_failing_then_rerun (and
   test_export.py::test_export_failure_part_way_leaves_no_manifest for AccessDenied)
+- the export SIGKILLed during an upload: test_faults_export_killed_mid_upload_hides_the_day
 - Lambda, a listed object missing or altered: test_lambda.py::test_lambda_listed_object_missing_names_its_key
   and test_lambda.py::test_lambda_corrupted_object_names_its_key
 
@@ -245,7 +246,8 @@ def test_faults_load_killed_mid_copy_changes_nothing(schema_db, big_dataset, tmp
         wait_until(lambda: backend not in observer.backends(), "the killed loader's backend to end")
 
         assert table_fingerprint(schema_db) == before
-        assert observer.rows("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
+        assert observer.rows("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+                             "(SELECT oid FROM pg_database WHERE datname = current_database())") == [(0,)]
     finally:
         observer.close()
 
@@ -488,5 +490,25 @@ def test_faults_export_store_keeps_failing_then_rerun(sample_db, s3_bucket, moto
                              "Please try again.)")
     assert read_manifest(s3_bucket, DAY) is None  # the day is not visible
 
+    assert export_stage.main(["--date", DAY, "--batch-size", "40"]) == 0
+    assert_complete_export(s3_bucket)
+
+
+def test_faults_export_killed_mid_upload_hides_the_day(sample_db, s3_bucket, moto_endpoint, monkeypatch, tmp_path):
+    """SIGKILL while an upload hangs: the day has no manifest (readers see no export, not a
+    mix of two), and the next run writes a complete one with no leftovers."""
+    assert export_stage.main(["--date", DAY, "--batch-size", "50"]) == 0
+    with FaultyStore(moto_endpoint, hold=True) as store:
+        env = stage_env(sample_db, AWS_ENDPOINT_URL=store.url)
+        exporter = start_stage("batch_transfer_data_to_cloud_storage.py", ["--date", DAY, "--batch-size", "40"],
+                               env, tmp_path)
+        try:
+            assert store.put_arrived.wait(60), "the export never started an upload"
+        finally:
+            exporter.kill()
+            exporter.communicate(timeout=30)
+    assert exporter.returncode == -signal.SIGKILL
+
+    assert read_manifest(s3_bucket, DAY) is None
     assert export_stage.main(["--date", DAY, "--batch-size", "40"]) == 0
     assert_complete_export(s3_bucket)
