@@ -685,3 +685,11 @@ def test_security_export_user_policy_in_template_and_readme_grants_only_what_the
         assert "StringLikeIfExists" in policy["ListTheExportPrefix"]["Condition"]
     assert readme_policy["WriteAndReplaceTheExports"]["Resource"] == "arn:aws:s3:::my-data-waddle-bucket/exports/*"
     assert json.dumps(template_policy["WriteAndReplaceTheExports"]["Resource"]).endswith('/${ExportPrefix}*"}')
+
+
+@pytest.mark.parametrize("script", ["waddle_common.py", "download_dataset.py", "transform_load_csv_data.py",
+                                    "batch_transfer_data_to_cloud_storage.py", "lambda/lambda_function.py"])
+def test_security_aws_credentials_only_from_boto3_default_chain(script):
+    source = (REPO / script).read_text(encoding="utf-8")
+    for keyword in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token"):
+        assert keyword not in source, f"{script} passes {keyword} explicitly"
