@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal
@@ -233,10 +234,8 @@ def parse_whole_numbers(values: pd.Series, maximum: int) -> tuple[pd.Series, pd.
     gaps); anything else (signs, decimals, letters) is malformed.
     """
     text = values.fillna("")
-    numbers = pd.Series(pd.NA, index=values.index, dtype="Int64")
     plain = text.str.fullmatch(r"[0-9]{1,18}")  # the common shape, converted without a regex per row
-    if plain.any():
-        numbers[plain] = text[plain].astype("int64")
+    numbers = text.where(plain).astype("Int64")
     too_big = plain & (numbers > maximum)
     malformed = values.notna() & ~plain
     if malformed.any():
@@ -251,7 +250,8 @@ def parse_whole_numbers(values: pd.Series, maximum: int) -> tuple[pd.Series, pd.
         numbers[usable[usable].index] = digits[usable].astype("int64")
         too_big |= (matched & longer).reindex(values.index, fill_value=False)
         malformed &= ~matched.reindex(values.index, fill_value=False)
-    numbers[too_big] = pd.NA
+    if too_big.any():
+        numbers[too_big] = pd.NA
     return numbers, malformed, too_big
 
 
@@ -976,6 +976,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def transform_and_load(settings: common.Settings, args) -> int:
+    """Read, cleanse and load. The connection works in a second thread while this one
+    cleanses the bookings: PostgreSQL stores destinations and customers (or, on a reload,
+    sends back the stored bookings) on one core while pandas runs on the other."""
     import psycopg2
 
     started_at = datetime.now(timezone.utc)
@@ -988,13 +991,11 @@ def transform_and_load(settings: common.Settings, args) -> int:
 
     customers = cleanse_customers(raw["customer"])
     destinations = cleanse_destinations(raw["destination"])
-    bookings = cleanse_bookings(raw["booking"])
-    tables = (customers, destinations, bookings)
-    log.info("row rules applied; loading into %s", common.describe_database())
+    log.info("customer and destination rules applied; loading into %s", common.describe_database())
 
     conn = common.connect_db("transform_load")
     try:
-        with conn, conn.cursor() as cur:
+        with conn, conn.cursor() as cur, ThreadPoolExecutor(max_workers=1) as database:
             take_load_lock(cur)
             cur.execute("SET LOCAL datestyle = 'ISO, YMD'")  # dates read back as written
             customer_rows, stored_customers = stage_customers(cur, customers)
@@ -1003,24 +1004,25 @@ def transform_and_load(settings: common.Settings, args) -> int:
                  database_destinations(cur, destinations.accepted()["destination_id"])],
                 ignore_index=True,
             )
+            # From here until .result() only the worker thread uses the connection.
+            parents = database.submit(write_parents, cur, destinations, customer_rows, stored_customers)
+            stored_bookings = database.submit(stored_rows, cur, "booking")
+
+            bookings = cleanse_bookings(raw.pop("booking"))
             known_customers = np.concatenate([
                 customers.accepted()["customer_id"].to_numpy(dtype=np.int64),
                 stored_customers["customer_id"].to_numpy(),
             ])
             resolve_bookings(bookings, known_destinations, known_customers)
-
+            tables = (customers, destinations, bookings)
             write_rejects(tables, rejects_dir)
             summaries = {t.name: summarise(t) for t in tables}
             check_reject_rates(summaries, max_rate)
 
-            for table in (destinations, customers, bookings):  # parents first
-                if table is customers:
-                    counts = write_table(cur, "customer", customer_rows, stored_customers, staged=True)
-                else:
-                    counts = write_table(cur, table.name, load_rows(table.accepted(), table.name),
-                                         stored_rows(cur, table.name))
-                summaries[table.name].inserted, summaries[table.name].updated = counts
-                log.info("%s: %d inserted, %d updated", table.name, *counts)
+            counts = {**parents.result(), "booking": write_table(
+                cur, "booking", load_rows(bookings.accepted(), "booking"), stored_bookings.result())}
+            for name, (summaries[name].inserted, summaries[name].updated) in counts.items():
+                log.info("%s: %d inserted, %d updated", name, summaries[name].inserted, summaries[name].updated)
             cur.execute("SET CONSTRAINTS ALL IMMEDIATE")  # surface a deferred e-mail clash here
             if args.dry_run:
                 conn.rollback()
@@ -1036,6 +1038,16 @@ def transform_and_load(settings: common.Settings, args) -> int:
     ordered = {name: summaries[name] for name in common.TABLES}
     print(format_summary(ordered, args.dry_run))
     return common.EXIT_OK
+
+
+def write_parents(cur, destinations: Table, customer_rows: pa.Table, stored_customers: pa.Table) -> dict:
+    """Store destinations, then customers (already staged by stage_customers when some are
+    stored): {table: (inserted, updated)}."""
+    return {
+        "destination": write_table(cur, "destination", load_rows(destinations.accepted(), "destination"),
+                                   stored_rows(cur, "destination")),
+        "customer": write_table(cur, "customer", customer_rows, stored_customers, staged=True),
+    }
 
 
 if __name__ == "__main__":
