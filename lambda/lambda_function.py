@@ -63,6 +63,12 @@ import pandas as pd
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+try:  # in the AWS SDK for pandas layer with pandas; without it pandas' C engine reads everything
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+except ImportError:
+    pa = pa_csv = None
+
 __version__ = "0.1.0"
 
 TOOL = "lambda_function"
@@ -441,33 +447,26 @@ def read_header(stream: IO[bytes], key: str, table: str) -> list[str]:
     return header
 
 
-def header_line(header: Sequence[str]) -> bytes:
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerow(header)
-    return out.getvalue().encode("utf-8")
-
 
 def read_chunks(stream: IO[bytes], key: str, table: str, chunk_rows: int, rows: int | None = None
                 ) -> Iterator[pd.DataFrame]:
     """DataFrames of at most `chunk_rows` rows holding the columns this stage uses.
 
-    An object of at most `chunk_rows` rows (the manifest's `rows`; stage 4 writes 50,000
-    per object) is parsed whole by pandas' pyarrow engine when pyarrow is there (the AWS
-    SDK for pandas layer has it): several times faster than the C engine, and its money
-    column comes out as Arrow strings, which parse_cents() turns into cents in C. Larger
-    objects are read in chunks by the C engine, so memory stays bounded either way.
+    A booking object of at most `chunk_rows` rows (the manifest's `rows`; stage 4 writes
+    50,000 per object) is parsed whole by Arrow's CSV reader when pyarrow is there (the AWS
+    SDK for pandas layer has it): several times faster than pandas' C engine, money
+    included (see arrow_bookings). Other objects are read in chunks by the C engine, so
+    memory stays bounded either way.
     """
     header = read_header(stream, key, table)
     wanted = list(USED_COLUMNS[table])
-    # Text is text: a place called "Nan" or a country coded "NA" must not become missing.
-    no_na = dict(keep_default_na=False, na_values=[])
-    if rows is not None and rows <= chunk_rows and ARROW_STRINGS:
+    if table == "booking" and pa_csv is not None and rows is not None and rows <= chunk_rows:
         data = stream.read()
-        if data.strip():
-            # The header goes back in front: the pyarrow engine mishandles names= with usecols=.
-            yield pd.read_csv(io.BytesIO(header_line(header) + data), engine="pyarrow", usecols=wanted,
-                              dtype=arrow_dtypes(table), **no_na)
-        return
+        frame = arrow_bookings(data, header)
+        if frame is not None:
+            yield frame
+            return
+        stream = io.BytesIO(data)  # Arrow refused a value: pandas reads it again to name it
     yield from pd.read_csv(
         stream,
         encoding="utf-8",
@@ -475,28 +474,50 @@ def read_chunks(stream: IO[bytes], key: str, table: str, chunk_rows: int, rows: 
         names=header,
         usecols=wanted,
         dtype={name: DTYPES[table][name] for name in wanted},
+        # Text is text: a place called "Nan" or a country coded "NA" must not become missing.
+        keep_default_na=False,
+        na_values=[],
         chunksize=chunk_rows,
-        **no_na,
     )
 
 
-def arrow_strings_available() -> bool:
-    """pandas can hold strings as Arrow arrays (pyarrow is installed)."""
+def arrow_bookings(data: bytes, header: list[str]) -> pd.DataFrame | None:
+    """The booking rows of `data` (CSV without its header) parsed by Arrow's CSV reader.
+
+    total_booking_value is read as decimal128(18, 2), which is exact: a value with more
+    than two places, or beyond stage 3's limit of 16 digits of units, is an error, never
+    rounded. Its 128-bit integers ARE the cents (< 10**18), taken from the low 64-bit words
+    of the array's buffer. The frame has a total_booking_cents column instead of the text.
+    None when Arrow refuses a value: pandas then reads the object and names the bad value.
+    """
+    if len(data) < 64 and not data.strip():  # header-only (an empty table)
+        return pd.DataFrame({"destination_id": [], "number_of_passengers": [], "total_booking_cents": []},
+                            dtype="int64")
+    types = {"destination_id": pa.int64(), "number_of_passengers": pa.int64(),
+             "total_booking_value": pa.decimal128(MAX_UNIT_DIGITS + 2, 2)}
     try:
-        pd.array(["0"], dtype="string[pyarrow]")
-        return True
-    except (ImportError, TypeError, ValueError):
-        return False
+        table = pa_csv.read_csv(
+            io.BytesIO(data),
+            read_options=pa_csv.ReadOptions(column_names=header),
+            convert_options=pa_csv.ConvertOptions(include_columns=list(USED_COLUMNS["booking"]), column_types=types,
+                                                  null_values=[], strings_can_be_null=False),
+        )
+    except (pa.ArrowInvalid, pa.ArrowKeyError):
+        return None
+    return pd.DataFrame({
+        "destination_id": table.column("destination_id").to_numpy(),
+        "number_of_passengers": table.column("number_of_passengers").to_numpy(),
+        "total_booking_cents": decimal_cents(table.column("total_booking_value")),
+    })
 
 
-ARROW_STRINGS = arrow_strings_available()
-
-
-def arrow_dtypes(table: str) -> dict[str, str]:
-    return {
-        name: "string[pyarrow]" if DTYPES[table][name] == "str" else DTYPES[table][name]
-        for name in USED_COLUMNS[table]
-    }
+def decimal_cents(column) -> np.ndarray:
+    """int64 cents of an Arrow decimal128 column with scale 2 and at most 18 digits."""
+    array = column.combine_chunks()
+    # Arrow stores decimal128 as two little-endian 64-bit words; below 10**18 the high word
+    # is only the sign, so the low word is the whole value.
+    words = np.frombuffer(array.buffers()[1], dtype="<i8").reshape(-1, 2)
+    return words[array.offset:array.offset + len(array), 0].astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------
@@ -629,7 +650,10 @@ class Sums:
             return
         ids = chunk["destination_id"].to_numpy(dtype=np.int64)
         passengers = chunk["number_of_passengers"].to_numpy(dtype=np.int64)
-        cents = parse_cents(chunk["total_booking_value"]).to_numpy()
+        if "total_booking_cents" in chunk:
+            cents = chunk["total_booking_cents"].to_numpy(dtype=np.int64)
+        else:
+            cents = parse_cents(chunk["total_booking_value"]).to_numpy()
         if int(np.abs(cents).max()) * len(cents) >= 2**63:
             # int64 could overflow inside this chunk's sum: add as Python integers instead.
             cents = cents.astype(object)
@@ -652,13 +676,16 @@ def group_sums(ids: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, np.nd
     """(distinct ids, rows per id, [each column summed per id]) in integer arithmetic.
 
     numpy instead of a pandas groupby: the same exact sums at a fraction of the fixed cost
-    per chunk, and no float (np.bincount would sum its weights as float64).
+    per chunk. np.add.at adds int64 (or Python ints) exactly; np.bincount with weights
+    would sum as float64.
     """
-    keys, inverse = np.unique(ids, return_inverse=True)
-    counts = np.bincount(inverse, minlength=len(keys))
-    order = np.argsort(inverse, kind="stable")
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    return keys, counts, [np.add.reduceat(column[order], starts) for column in columns]
+    codes, keys = pd.factorize(ids)
+    sums = []
+    for column in columns:
+        total = np.zeros(len(keys), dtype=column.dtype)
+        np.add.at(total, codes, column)
+        sums.append(total)
+    return np.asarray(keys), np.bincount(codes, minlength=len(keys)), sums
 
 
 def partial_sums(frames: Iterator[pd.DataFrame]) -> Sums:
