@@ -746,24 +746,22 @@ class CsvStream:
 
     def __init__(self, rows: pa.Table):
         self._batches = iter(rows.to_batches(max_chunksize=COPY_BATCH_ROWS))
-        self._pending = b""
+        self._pending, self._offset = b"", 0
         self._options = pacsv.WriteOptions(include_header=False)
 
     def read(self, size: int = -1) -> bytes:
-        while not self._pending:
+        if size < 0:
+            return b"".join(iter(lambda: self.read(COPY_READ_BYTES), b""))
+        while self._offset >= len(self._pending):
             batch = next(self._batches, None)
             if batch is None:
                 return b""
             sink = pa.BufferOutputStream()
             pacsv.write_csv(batch, sink, write_options=self._options)
-            self._pending = sink.getvalue().to_pybytes()
-        if size < 0 or size >= len(self._pending):
-            chunk, self._pending = self._pending, b""
-        else:
-            chunk, self._pending = self._pending[:size], self._pending[size:]
+            self._pending, self._offset = sink.getvalue().to_pybytes(), 0
+        chunk = self._pending[self._offset:self._offset + size]
+        self._offset += len(chunk)
         return chunk
-
-    readline = read  # psycopg2 asks for read() only; readline keeps the file protocol whole
 
 
 def copy_rows(cur, target: str, table: str, rows: pa.Table) -> None:
