@@ -8,6 +8,10 @@ code: 0 success, 1 runtime failure (network, database, storage), 2 bad usage, co
 input. Nothing printed by this module or through its logging ever contains a password,
 a secret key or a full connection string (`redact()`).
 
+Database credentials come from DATABASE_URL / the libpq variables, or from an AWS Secrets
+Manager secret (DB_SECRET_ID); `connect_db()` checks the password (a warning, or a refusal
+with STRICT_SECURITY=1) and leaves PGSSLMODE to libpq.
+
 All configuration is read here, in `Settings.from_env()`; env.example documents it.
 The Lambda (lambda/lambda_function.py) does not import this module: it is deployed alone.
 """
