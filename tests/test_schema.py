@@ -3,7 +3,7 @@
 import psycopg2
 import pytest
 
-from conftest import apply_schema, query
+from conftest import REPO, apply_schema, query, run_psql
 
 import transform_load_csv_data as stage
 
@@ -48,3 +48,12 @@ def test_schema_total_value_is_exact(schema_db):
     query(schema_db, "INSERT INTO customer VALUES (1, 'A', 'B', 'a@example.com', NULL)")
     query(schema_db, "INSERT INTO booking VALUES (1, 1, 1, '2023-01-01', 3, 33.33, 99.99)")
     assert str(query(schema_db, "SELECT total_booking_value FROM booking")[0][0]) == "99.99"
+
+
+def test_schema_runs_quietly_as_superuser_first_and_again(database_url):
+    # Roles, grants and "already exists" notices: nothing to say when all goes well.
+    first = run_psql(database_url, REPO / "travel.sql")
+    again = run_psql(database_url, REPO / "travel.sql")
+
+    assert (first.returncode, first.stdout, first.stderr) == (0, "", "")
+    assert (again.returncode, again.stdout, again.stderr) == (0, "", "")
