@@ -42,6 +42,18 @@ import waddle_common as common
 
 log = logging.getLogger("data_waddle.transform_load")
 
+
+def log_step(step: str) -> None:
+    """A --verbose line with the process's peak memory so far (where a large load spends it)."""
+    if log.isEnabledFor(logging.DEBUG):
+        try:
+            import resource
+
+            peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB"
+        except ImportError:  # not on Windows
+            peak = "unknown"
+        log.debug("%s (peak RSS %s)", step, peak)
+
 SEASONS = ("Spring", "Summer", "Autumn", "Winter")
 SEASON_SYNONYMS = {"Fall": "Autumn"}
 BIGINT_MAX = 9_223_372_036_854_775_807
@@ -176,24 +188,26 @@ class Table:
         for column in columns:
             self.clean[column] = trim_text(self.raw[column])
         self.reason = pd.Series(pd.NA, index=self.raw.index, dtype=object)
+        self._ok = np.ones(len(self.raw), dtype=bool)  # kept with reason: isna() at every rule is slow
         self.imputed = pd.Series(False, index=self.raw.index)
 
     @property
     def ok(self) -> pd.Series:
-        return self.reason.isna()
+        return pd.Series(self._ok.copy(), index=self.raw.index)
 
     def reject(self, mask: pd.Series, template: str, *values: pd.Series) -> None:
         """Give the rows in `mask` that have no reason yet `template`, its `{}` filled with each
         row's `values` (quoted when they are source text). Texts are built for those rows only:
         at a million rows, building one per row for every rule would dominate the run."""
-        mask = mask.fillna(False).astype(bool) & self.ok
+        mask = (mask.fillna(False).astype(bool) & self.ok).reindex(self.raw.index, fill_value=False)
         if not mask.any():
             return
         if not values:
             self.reason[mask] = template
-            return
-        columns = [v[mask] if isinstance(v, quoted) else v[mask].tolist() for v in values]
-        self.reason[mask] = [template.format(*row) for row in zip(*columns)]
+        else:
+            columns = [v[mask] if isinstance(v, quoted) else v[mask].tolist() for v in values]
+            self.reason[mask] = [template.format(*row) for row in zip(*columns)]
+        self._ok &= ~mask.to_numpy()
 
     def accepted(self) -> pd.DataFrame:
         return self.clean[self.ok]
@@ -506,14 +520,12 @@ def parse_costs(table: Table) -> tuple[pd.Series, pd.Series]:
     """
     text = table.clean["cost_per_passenger"]
     missing = text.isna()
-    cents = pd.Series(pd.NA, index=text.index, dtype="Int64")
     # Fast path: '123.45' and '123', the shapes nearly every row has.
     two_places = text.fillna("").str.fullmatch(r"[0-9]{1,10}\.[0-9]{2}")
-    if two_places.any():
-        cents[two_places] = text[two_places].str.replace(".", "", regex=False).astype("int64")
+    cents = text.where(two_places).str.replace(".", "", regex=False).astype("Int64")
     whole_units = text.fillna("").str.fullmatch(r"[0-9]{1,10}")
     if whole_units.any():
-        cents[whole_units] = text[whole_units].astype("int64") * 100
+        cents = cents.where(~whole_units, text.where(whole_units).astype("Int64") * 100)
     rest = ~missing & ~two_places & ~whole_units
     if rest.any():
         cents[rest[rest].index] = parse_other_costs(table, text[rest])
@@ -624,8 +636,12 @@ def add_total_value(table: Table) -> None:
 
 
 def cents_to_text(cents: pd.Series) -> pd.Series:
-    cents = cents.astype("int64")
-    return (cents // 100).astype(str) + "." + (cents % 100).astype(str).str.zfill(2)
+    """Whole cents as an amount with two decimals: 1005 -> '10.05' (built by pyarrow)."""
+    values = cents.astype("int64").to_numpy()
+    units = pc.cast(pa.array(values // 100), pa.string())
+    hundredths = pc.utf8_lpad(pc.cast(pa.array(values % 100), pa.string()), 2, "0")
+    text = pc.binary_join_element_wise(units, hundredths, ".")
+    return pd.Series(text, index=cents.index, dtype=pd.StringDtype("pyarrow", na_value=np.nan))
 
 
 def resolve_bookings(table: Table, destinations: pd.DataFrame, known_customer_ids: Iterable[int]) -> None:
@@ -989,6 +1005,7 @@ def transform_and_load(settings: common.Settings, args) -> int:
 
     customers = cleanse_customers(raw["customer"])
     destinations = cleanse_destinations(raw["destination"])
+    log_step("customer and destination rules applied")
     log.info("customer and destination rules applied; loading into %s", common.describe_database())
 
     conn = common.connect_db("transform_load")
@@ -997,6 +1014,7 @@ def transform_and_load(settings: common.Settings, args) -> int:
             take_load_lock(cur)
             cur.execute("SET LOCAL datestyle = 'ISO, YMD'")  # dates read back as written
             customer_rows, stored_customers = stage_customers(cur, customers)
+            log_step(f"{stored_customers.num_rows} stored customers compared")
             known_destinations = pd.concat(
                 [destinations.accepted()[["destination_id", "destination"]],
                  database_destinations(cur, destinations.accepted()["destination_id"])],
@@ -1007,6 +1025,7 @@ def transform_and_load(settings: common.Settings, args) -> int:
             stored_bookings = database.submit(stored_rows, cur, "booking")
 
             bookings = cleanse_bookings(raw.pop("booking"))
+            log_step("booking row rules applied")
             known_customers = np.concatenate([
                 customers.accepted()["customer_id"].to_numpy(dtype=np.int64),
                 stored_customers["customer_id"].to_numpy(),
@@ -1016,9 +1035,11 @@ def transform_and_load(settings: common.Settings, args) -> int:
             write_rejects(tables, rejects_dir)
             summaries = {t.name: summarise(t) for t in tables}
             check_reject_rates(summaries, max_rate)
+            log_step("rejects written")
 
             counts = {**parents.result(), "booking": write_table(
                 cur, "booking", load_rows(bookings.accepted(), "booking"), stored_bookings.result())}
+            log_step("tables written")
             for name, (summaries[name].inserted, summaries[name].updated) in counts.items():
                 log.info("%s: %d inserted, %d updated", name, summaries[name].inserted, summaries[name].updated)
             cur.execute("SET CONSTRAINTS ALL IMMEDIATE")  # surface a deferred e-mail clash here
