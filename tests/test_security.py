@@ -165,8 +165,9 @@ def test_security_group_role_privileges_are_exactly_these_even_after_a_hand_gran
     assert grants(schema_db, "travel_loader") == {t: {"SELECT", "INSERT", "UPDATE"} for t in TABLES}
     assert grants(schema_db, "travel_reader") == {t: {"SELECT"} for t in TABLES}
     sequence = query(schema_db, "SELECT pg_get_serial_sequence('load_run', 'run_id')")[0][0]
-    assert query(schema_db, "SELECT has_sequence_privilege('travel_loader', %s, 'USAGE'), "
-                            "has_sequence_privilege('travel_reader', %s, 'USAGE')", (sequence, sequence)) == [(True, False)]
+    usage = query(schema_db, "SELECT has_sequence_privilege('travel_loader', %s, 'USAGE'), "
+                             "has_sequence_privilege('travel_reader', %s, 'USAGE')", (sequence, sequence))
+    assert usage == [(True, False)]
 
 
 def test_security_public_has_no_table_privilege(schema_db):
@@ -230,7 +231,8 @@ def test_security_travel_sql_as_database_owner_without_createrole(schema_db, pg_
     admin.autocommit = True
     try:
         with admin.cursor() as cur:
-            cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(dbname), sql.Identifier(user_of(owner))))
+            cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(dbname), sql.Identifier(user_of(owner))))
         result = run_psql(owner, REPO / "travel.sql")
         again = run_psql(owner, REPO / "travel.sql")
         owner_grants = grants(owner, "travel_loader")
@@ -265,7 +267,8 @@ def test_security_travel_sql_without_createrole_on_a_cluster_without_the_roles()
         assert ("NOTICE:  roles skipped: owner_no_createrole may not create roles (no CREATEROLE). "
                 "travel_loader and travel_reader not created and not granted") in result.stderr
         assert query(owner, "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'travel\\_%'") == [(0,)]
-        tables = query(owner, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1")
+        tables = query(owner, "SELECT table_name FROM information_schema.tables "
+                              "WHERE table_schema = 'public' ORDER BY 1")
         assert [t for (t,) in tables] == sorted(TABLES)
         assert grants(owner, "PUBLIC") == {}
     finally:
@@ -527,7 +530,8 @@ def run_leaky(stage: str, args: list[str], env: dict[str, str], cwd: Path) -> tu
 
 def assert_no_canary(text: str) -> None:
     for token in CANARY_TOKENS:
-        assert token not in text, f"canary {token} leaked:\n{text[max(0, text.find(token) - 400):text.find(token) + 200]}"
+        where = text.find(token)
+        assert where < 0, f"canary {token} leaked:\n{text[max(0, where - 400):where + 200]}"
 
 
 @pytest.fixture
@@ -539,7 +543,8 @@ def leak_setup(schema_db, sample_dir, s3_bucket, login_user, pg_admin_url, tmp_p
     base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL",) and not k.startswith("PG")}
     base.update({"AWS_SECRET_ACCESS_KEY": CANARY_SECRET_KEY, "S3_BUCKET_NAME": s3_bucket, "PGCONNECT_TIMEOUT": "5",
                  "LOG_LEVEL": "DEBUG"})
-    base.update({f"{t.upper()}_CSV_URL": (sample_dir / f"{t}.csv").as_uri() for t in ("customer", "destination", "booking")})
+    base.update({f"{t.upper()}_CSV_URL": (sample_dir / f"{t}.csv").as_uri()
+                 for t in ("customer", "destination", "booking")})
     log = server_log(pg_admin_url)
     start = log.stat().st_size if log else 0
     yield {"loader": loader, "reader": reader, "base": base, "schema_db": schema_db, "sample_dir": sample_dir,
@@ -576,8 +581,9 @@ def test_security_leak_no_stage_prints_or_passes_on_a_secret(leak_setup):
         # (name, stage, args, extra environment, expected exit code)
         ("psql ok", "psql", ["--verbose", "psql", "--", "-X", "-c", "SELECT count(*) FROM customer"],
          {"DATABASE_URL": reader}, 0),
-        ("psql travel.sql, wrong password", "psql", ["--verbose", "psql", "--", "-X", "-q", "-v", "ON_ERROR_STOP=1",
-                                                      "-f", str(REPO / "travel.sql")], {"DATABASE_URL": wrong_password}, 2),
+        ("psql travel.sql, wrong password", "psql",
+         ["--verbose", "psql", "--", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(REPO / "travel.sql")],
+         {"DATABASE_URL": wrong_password}, 2),
         ("download ok", "download", ["--verbose"], {}, 0),
         ("download with credentials in an unreachable URL", "download", ["--verbose"],
          {"BOOKING_CSV_URL": f"http://etl:{quote(CANARY_PASSWORD, safe='')}@127.0.0.1:{free_port()}/booking.csv",
@@ -663,7 +669,8 @@ def test_security_template_lambda_role_reads_its_prefix_and_writes_only_results(
 
     assert policy["ReadTheExports"]["Action"] == "s3:GetObject"
     assert json.dumps(policy["ReadTheExports"]["Resource"]).endswith('/${ExportPrefix}*"}')
-    assert policy["ListTheExportPrefix"]["Condition"] == {"StringLike": {"s3:prefix": [{"Fn::Sub": "${ExportPrefix}*"}]}}
+    listing = policy["ListTheExportPrefix"]["Condition"]
+    assert listing == {"StringLike": {"s3:prefix": [{"Fn::Sub": "${ExportPrefix}*"}]}}
     assert policy["WriteTheResults"]["Action"] == "s3:PutObject"
     assert json.dumps(policy["WriteTheResults"]["Resource"]).endswith('/${ResultsPrefix}*"}')
     assert {a for s in policy.values() for a in as_list(s["Action"])} == {
