@@ -28,6 +28,7 @@ deadlines; no test sleeps to synchronise.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import tempfile
@@ -440,10 +441,34 @@ def test_faults_export_during_a_load_is_one_snapshot(schema_db, s3_bucket, tmp_p
     assert {"500"} <= after_keys["customer"] and {"900", "901"} <= after_keys["booking"]
 
 
+@pytest.fixture(scope="module")
+def exported_sample_db(pg_admin_url, tmp_path_factory):
+    """One database with the sample loaded, shared by the export tests: they only read it."""
+    dbname = f"waddle_faults_export_{os.getpid()}"
+    admin = psycopg2.connect(pg_admin_url)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{dbname}"')
+        url = with_database(pg_admin_url, dbname)
+        apply_schema(url)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("DATABASE_URL", url)
+            rejects = tmp_path_factory.mktemp("rejects")
+            patch.chdir(rejects)  # no developer's .env is read
+            assert load_stage.main(["--data-dir", str(SAMPLE_DIR), "--rejects-dir", str(rejects)]) == 0
+        assert counts(url) == SAMPLE_COUNTS
+        yield url
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    finally:
+        admin.close()
+
+
 @pytest.fixture
-def sample_db(schema_db):
-    loaded_sample(schema_db)
-    return schema_db
+def sample_db(exported_sample_db, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", exported_sample_db)
+    return exported_sample_db
 
 
 def assert_complete_export(bucket: str) -> None:
