@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse, urlunparse
 
@@ -569,43 +570,53 @@ def test_security_leak_runner_records_the_argv_of_children(tmp_path):
 
 @pytest.mark.slow
 def test_security_leak_no_stage_prints_or_passes_on_a_secret(leak_setup):
-    """Thirteen runs in order (the export needs the load, the Lambda the export). --verbose
-    where it matters: its tracebacks and debug logs are where secrets usually slip out."""
+    """Thirteen runs in four phases (the export needs the load, the Lambda the export); the
+    runs of a phase are independent and run side by side. --verbose where it matters: its
+    tracebacks and debug logs are where secrets usually slip out."""
     s = leak_setup
-    loader, reader, base = s["loader"], s["reader"], s["base"]
+    loader, reader = s["loader"], s["reader"]
     wrong_password = login_url(s["schema_db"], user_of(loader), CANARY_PASSWORD + "-wrong")
     unreachable = login_url(f"postgresql://127.0.0.1:{free_port()}/travel", "etl", CANARY_PASSWORD)
     secret_ok = create_secret(rds_secret(loader))
     data = ["--data-dir", str(s["sample_dir"])]
-    cases = [
-        # (name, stage, args, extra environment, expected exit code)
-        ("psql ok", "psql", ["--verbose", "psql", "--", "-X", "-c", "SELECT count(*) FROM customer"],
-         {"DATABASE_URL": reader}, 0),
-        ("psql travel.sql, wrong password", "psql",
-         ["--verbose", "psql", "--", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(REPO / "travel.sql")],
-         {"DATABASE_URL": wrong_password}, 2),
-        ("download ok", "download", ["--verbose"], {}, 0),
-        ("download with credentials in an unreachable URL", "download", ["--verbose"],
-         {"BOOKING_CSV_URL": f"http://etl:{quote(CANARY_PASSWORD, safe='')}@127.0.0.1:{free_port()}/booking.csv",
-          "DOWNLOAD_RETRIES": "0"}, 1),
-        ("load ok", "load", data + ["--verbose"], {"DATABASE_URL": loader}, 0),
-        ("load wrong password verbose", "load", data + ["--verbose"], {"DATABASE_URL": wrong_password}, 1),
-        ("load unreachable host, PGPASSWORD", "load", data + ["--verbose"],
-         {**libpq_env(unreachable)}, 1),
-        ("load from secret", "load", data + ["--verbose"], {"DB_SECRET_ID": secret_ok}, 0),
-        ("export ok", "export", ["--date", DAY, "--verbose"], {"DATABASE_URL": reader}, 0),
-        ("export bad bucket", "export", ["--date", DAY, "--verbose"],
-         {"DATABASE_URL": reader, "S3_BUCKET_NAME": "waddle-no-such-bucket"}, 1),
-        ("export wrong password", "export", ["--date", DAY], {"DATABASE_URL": wrong_password}, 1),
-        ("lambda ok", "lambda", ["--date", DAY, "--verbose"], {}, 0),
-        ("lambda bad bucket", "lambda", ["--date", DAY, "--verbose"], {"S3_BUCKET_NAME": "waddle-no-such-bucket"}, 1),
+    day = ["--date", DAY]
+    phases = [
+        [  # (name, stage, args, extra environment, expected exit code)
+            ("psql ok", "psql", ["--verbose", "psql", "--", "-X", "-c", "SELECT count(*) FROM customer"],
+             {"DATABASE_URL": reader}, 0),
+            ("psql travel.sql, wrong password", "psql",
+             ["--verbose", "psql", "--", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(REPO / "travel.sql")],
+             {"DATABASE_URL": wrong_password}, 2),
+            ("download ok", "download", ["--verbose"], {}, 0),
+            ("download with credentials in an unreachable URL", "download", ["--verbose"],
+             {"BOOKING_CSV_URL": f"http://etl:{quote(CANARY_PASSWORD, safe='')}@127.0.0.1:{free_port()}/booking.csv",
+              "DOWNLOAD_RETRIES": "0"}, 1),
+            ("load wrong password", "load", data + ["--verbose"], {"DATABASE_URL": wrong_password}, 1),
+            ("load unreachable host, PGPASSWORD", "load", data + ["--verbose"], libpq_env(unreachable), 1),
+            ("export wrong password", "export", day, {"DATABASE_URL": wrong_password}, 1),
+            ("export bad bucket", "export", day + ["--verbose"],
+             {"DATABASE_URL": reader, "S3_BUCKET_NAME": "waddle-no-such-bucket"}, 1),
+            ("lambda bad bucket", "lambda", day + ["--verbose"], {"S3_BUCKET_NAME": "waddle-no-such-bucket"}, 1),
+        ],
+        [
+            ("load ok", "load", data + ["--verbose"], {"DATABASE_URL": loader}, 0),
+            ("load from secret", "load", data + ["--verbose"], {"DB_SECRET_ID": secret_ok}, 0),
+        ],
+        [("export ok", "export", day + ["--verbose"], {"DATABASE_URL": reader}, 0)],
+        [("lambda ok", "lambda", day + ["--verbose"], {}, 0)],
     ]
-    for number, (name, stage, args, extra, expected) in enumerate(cases):
-        work = s["work"] / f"{number:02d}"
+
+    def run_case(case):
+        name, stage, args, extra, _ = case
+        work = s["work"] / name.replace(" ", "-").replace(",", "")
         work.mkdir(parents=True)
-        code, everything = run_leaky(stage, args, {**base, **extra}, work)
-        assert code == expected, f"{name}: exit {code}\n{everything[-3000:]}"
-        assert_no_canary(everything)
+        return run_leaky(stage, args, {**s["base"], **extra}, work)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        for phase in phases:
+            for (name, _, _, _, expected), (code, everything) in zip(phase, pool.map(run_case, phase)):
+                assert code == expected, f"{name}: exit {code}\n{everything[-3000:]}"
+                assert_no_canary(everything)
     assert min(counts(s["schema_db"]).values()) > 0
 
 
