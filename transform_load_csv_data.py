@@ -876,10 +876,16 @@ def database_destinations(cur, exclude_ids: Iterable[int]) -> pd.DataFrame:
     return pd.DataFrame(cur.fetchall(), columns=["destination_id", "destination"])
 
 
-def stage_customers(cur, customers: Table) -> tuple[pa.Table, pa.Table]:
+def lock_and_read_customers(cur) -> pa.Table:
+    """Take the load lock, set the session up, and read the stored customers."""
+    take_load_lock(cur)
+    cur.execute("SET LOCAL datestyle = 'ISO, YMD'")  # dates read back as written
+    return stored_rows(cur, "customer")
+
+
+def stage_customers(cur, customers: Table, stored: pa.Table) -> tuple[pa.Table, pa.Table]:
     """(the accepted customers, the stored ones). When customers are stored, the new and
     changed ones go to stage_customer and rule email_in_use runs against them."""
-    stored = stored_rows(cur, "customer")
     rows = load_rows(customers.accepted(), "customer")
     if stored.num_rows:
         create_staging(cur, "customer")
@@ -991,8 +997,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def transform_and_load(settings: common.Settings, args) -> int:
     """Read, cleanse and load. The connection works in a second thread while this one
-    cleanses the bookings: PostgreSQL stores destinations and customers (or, on a reload,
-    sends back the stored bookings) on one core while pandas runs on the other."""
+    cleanses: PostgreSQL takes the lock and sends back the stored customers while the
+    customer rules run, then stores destinations and customers (or, on a reload, sends back
+    the stored bookings) while the booking rules run: one core each."""
     import psycopg2
 
     started_at = datetime.now(timezone.utc)
@@ -1003,24 +1010,23 @@ def transform_and_load(settings: common.Settings, args) -> int:
     raw = {name: read_source(paths[name], name, args.encoding) for name in common.TABLES}
     log.info("read %s", ", ".join(f"{len(frame)} {name} rows" for name, frame in raw.items()))
 
-    customers = cleanse_customers(raw["customer"])
-    destinations = cleanse_destinations(raw["destination"])
-    log_step("customer and destination rules applied")
-    log.info("customer and destination rules applied; loading into %s", common.describe_database())
-
+    log.info("loading into %s", common.describe_database())
     conn = common.connect_db("transform_load")
     try:
         with conn, conn.cursor() as cur, ThreadPoolExecutor(max_workers=1) as database:
-            take_load_lock(cur)
-            cur.execute("SET LOCAL datestyle = 'ISO, YMD'")  # dates read back as written
-            customer_rows, stored_customers = stage_customers(cur, customers)
+            # The worker and this thread take turns on the connection: one waits on .result()
+            # before it uses the connection again.
+            reading_customers = database.submit(lock_and_read_customers, cur)
+            customers = cleanse_customers(raw["customer"])
+            destinations = cleanse_destinations(raw["destination"])
+            log_step("customer and destination rules applied")
+            customer_rows, stored_customers = stage_customers(cur, customers, reading_customers.result())
             log_step(f"{stored_customers.num_rows} stored customers compared")
             known_destinations = pd.concat(
                 [destinations.accepted()[["destination_id", "destination"]],
                  database_destinations(cur, destinations.accepted()["destination_id"])],
                 ignore_index=True,
             )
-            # From here until .result() only the worker thread uses the connection.
             parents = database.submit(write_parents, cur, destinations, customer_rows, stored_customers)
             stored_bookings = database.submit(stored_rows, cur, "booking")
 
