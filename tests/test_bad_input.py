@@ -21,7 +21,7 @@ import io
 import itertools
 import os
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import boto3
 import psycopg2
@@ -108,11 +108,10 @@ class Case:
     expect: Stored | Rejected | Refused
     row: dict[str, str] | None = None  # changes to NEW_ROW[table], appended as a CSV row
     content: bytes | None = None  # or the whole file, as bytes
-    extra: dict[str, str] = field(default_factory=dict)  # other files replaced (text)
 
     def files(self) -> dict[str, bytes]:
+        """The three files of the case: the base dataset with this case's change."""
         out = {t: base_text(t).encode() for t in HEADERS}
-        out.update({t: text.encode() for t, text in self.extra.items()})
         if self.content is not None:
             out[self.table] = self.content
         else:
