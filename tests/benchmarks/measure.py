@@ -35,6 +35,7 @@ class Measurement:
     seconds: float
     peak_rss_mb: float
     stdout: str
+    cpu_seconds: float = 0.0  # user + system time of the command itself (not of the servers)
 
 
 def measure(argv: Sequence[str], env: Mapping[str, str], cwd: Path | None = None, what: str = "") -> Measurement:
@@ -56,7 +57,8 @@ def measure(argv: Sequence[str], env: Mapping[str, str], cwd: Path | None = None
     if proc.returncode != 0 or not figures:
         tail = "\n".join(stderr.strip().splitlines()[-5:])
         raise CommandFailed(f"{what or argv[0]} exited {proc.returncode}:\n{tail}")
-    return Measurement(seconds=figures["seconds"], peak_rss_mb=figures["peak_rss_kb"] / 1024, stdout=stdout)
+    return Measurement(seconds=figures["seconds"], peak_rss_mb=figures["peak_rss_kb"] / 1024, stdout=stdout,
+                       cpu_seconds=figures["cpu_seconds"])
 
 
 def run_and_record(result_file: str, argv: Sequence[str]) -> int:
@@ -78,7 +80,9 @@ def run_and_record(result_file: str, argv: Sequence[str]) -> int:
     seconds = time.perf_counter() - started
     child.returncode = code = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
     if code == 0:
-        Path(result_file).write_text(json.dumps({"seconds": seconds, "peak_rss_kb": usage.ru_maxrss}))
+        Path(result_file).write_text(json.dumps({
+            "seconds": seconds, "peak_rss_kb": usage.ru_maxrss, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        }))
     return code
 
 

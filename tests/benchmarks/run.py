@@ -86,17 +86,21 @@ class Figures:
     rows: int = 0
     seconds: list[float] = field(default_factory=list)
     peak_rss_mb: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)
     floor_seconds: list[float] = field(default_factory=list)
+    floor_cpu_seconds: list[float] = field(default_factory=list)
     floor_peak_rss_mb: list[float] = field(default_factory=list)
     note: str = ""
 
     def add(self, run: Measurement) -> None:
         self.seconds.append(run.seconds)
         self.peak_rss_mb.append(run.peak_rss_mb)
+        self.cpu_seconds.append(run.cpu_seconds)
 
     def add_floor(self, run: Measurement) -> None:
         self.floor_seconds.append(run.seconds)
         self.floor_peak_rss_mb.append(run.peak_rss_mb)
+        self.floor_cpu_seconds.append(run.cpu_seconds)
 
     def summary(self) -> dict:
         seconds = statistics.median(self.seconds)
@@ -109,10 +113,15 @@ class Figures:
             "floor_seconds": round(floor, 3) if floor else None,
             "floor_peak_rss_mb": round(statistics.median(self.floor_peak_rss_mb), 1) if self.floor_peak_rss_mb else None,
             "ratio": round(seconds / floor, 3) if floor else None,
+            # CPU time of the measured process alone (PostgreSQL and moto not included): less
+            # sensitive than wall time to other work on a shared machine.
+            "cpu_seconds": round(statistics.median(self.cpu_seconds), 3) if self.cpu_seconds else None,
+            "floor_cpu_seconds": round(statistics.median(self.floor_cpu_seconds), 3) if self.floor_cpu_seconds else None,
             "runs": {
                 "seconds": [round(s, 3) for s in self.seconds],
                 "floor_seconds": [round(s, 3) for s in self.floor_seconds],
                 "peak_rss_mb": [round(m, 1) for m in self.peak_rss_mb],
+                "floor_peak_rss_mb": [round(m, 1) for m in self.floor_peak_rss_mb],
             },
         }
         if self.note:
@@ -375,13 +384,14 @@ class Benchmark:
         """The naive load on a sample, next to the loader and the floor on the same sample."""
         rows = min(self.args.naive_rows, self.args.bookings)
         if rows == self.args.bookings and "load" in self.figures:
-            # The sample is the whole dataset, already loaded and dumped: reuse those figures.
+            # The sample is the whole dataset, already loaded, dumped and floored: reuse those.
             clean, loader = self.workdir / "clean", self.figures["load"]
             total = loader.rows
+            floor = Measurement(loader.floor_seconds[0], loader.floor_peak_rss_mb[0], "", loader.floor_cpu_seconds[0])
         else:
             clean, loader, total = self.sample_load(rows)
-        self.log("load floor on the sample")
-        floor = self.load_floor(clean)
+            self.log("load floor on the sample")
+            floor = self.load_floor(clean)
         self.svc.fresh_database("bench_naive")
         self.log("naive load on the sample")
         naive = measure([PYTHON, str(HERE / "floors.py"), "naive", "--data-dir", str(clean)],
@@ -394,7 +404,8 @@ class Benchmark:
         self.figures["naive"].add(naive)
         self.figures["naive"].add_floor(floor)
         self.figures["loader_on_sample"] = Figures(rows=total, seconds=loader.seconds[:1],
-                                                   peak_rss_mb=loader.peak_rss_mb[:1])
+                                                   peak_rss_mb=loader.peak_rss_mb[:1],
+                                                   cpu_seconds=loader.cpu_seconds[:1])
         self.figures["loader_on_sample"].add_floor(floor)
 
     def sample_load(self, rows: int) -> tuple[Path, Figures, int]:
