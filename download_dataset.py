@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
 import logging
 import os
 import shutil
@@ -244,7 +245,8 @@ def header_columns(path: Path) -> list[str]:
         text = line.decode("utf-8-sig")
     except UnicodeDecodeError:
         text = line.decode("latin-1")
-    return [common.normalise_column(c) for c in next(csv.reader([text]), [])]
+    # newline="": csv finds the record's end itself (a CR-only file is one "line" here).
+    return [common.normalise_column(c) for c in next(csv.reader(io.StringIO(text, newline="")), [])]
 
 
 def is_utf8(path: Path) -> bool:

@@ -13,7 +13,7 @@ had some; they are referenced, not repeated):
   test_download.py::test_download_retries_transient_failures
 - HTTP HTML page, empty body, 4xx: test_download.py::test_download_failure_keeps_good_file
 - HTTP faults that never stop, a stall, a body broken half-way, Retry-After honoured,
-  Latin-1 bytes: test_faults_download_* below
+  Latin-1 bytes, CR-only line ends: test_faults_download_* below
 - S3 500 / SlowDown for some PUTs: test_faults_export_retries_store_faults; a store that
   keeps failing: test_faults_export_store_keeps_failing_then_rerun (and
   test_export.py::test_export_failure_part_way_leaves_no_manifest for AccessDenied)
@@ -537,3 +537,14 @@ def test_faults_export_killed_mid_upload_hides_the_day(sample_db, s3_bucket, mot
     assert read_manifest(s3_bucket, DAY) is None
     assert export_stage.main(["--date", DAY, "--batch-size", "40"]) == 0
     assert_complete_export(s3_bucket)
+
+
+def test_faults_download_cr_only_line_endings_are_a_csv(http_server, monkeypatch, tmp_path):
+    """Old Mac exports end lines with CR alone: the header check still finds the columns."""
+    body = b"destination_id,destination,country,popular_season\r1,Paris,France,Spring\r"
+    http_server.routes["/destination.csv"] = [Reply(200, body, {"Content-Type": "text/csv"})]
+    monkeypatch.setenv("DESTINATION_CSV_URL", f"{http_server.base_url}/destination.csv")
+
+    assert download_dataset.main(["--dest", str(tmp_path), "--only", "destination"]) == 0
+
+    assert (tmp_path / "destination.csv").read_bytes() == body
