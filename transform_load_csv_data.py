@@ -1037,14 +1037,20 @@ def transform_and_load(settings: common.Settings, args) -> int:
                 stored_customers["customer_id"].to_numpy(),
             ])
             resolve_bookings(bookings, known_destinations, known_customers)
+            writing_bookings = database.submit(
+                lambda: write_table(cur, "booking", load_rows(bookings.accepted(), "booking"), stored_bookings.result())
+            )
             tables = (customers, destinations, bookings)
-            write_rejects(tables, rejects_dir)
-            summaries = {t.name: summarise(t) for t in tables}
-            check_reject_rates(summaries, max_rate)
-            log_step("rejects written")
+            try:
+                write_rejects(tables, rejects_dir)
+                summaries = {t.name: summarise(t) for t in tables}
+                check_reject_rates(summaries, max_rate)
+                log_step("rejects written")
+            except BaseException:
+                conn.cancel()  # stop the COPY in flight: the transaction is rolled back anyway
+                raise
 
-            counts = {**parents.result(), "booking": write_table(
-                cur, "booking", load_rows(bookings.accepted(), "booking"), stored_bookings.result())}
+            counts = {**parents.result(), "booking": writing_bookings.result()}
             log_step("tables written")
             for name, (summaries[name].inserted, summaries[name].updated) in counts.items():
                 log.info("%s: %d inserted, %d updated", name, summaries[name].inserted, summaries[name].updated)
