@@ -17,20 +17,18 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import os
 import re
 import tempfile
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -224,7 +222,7 @@ def trim_text(values: pd.Series) -> pd.Series:
     return text.mask(text == "")
 
 
-class quoted:  # noqa: N801 - reads as a function at the call sites
+class quoted:  # lower-case: reads as a function at the call sites
     """Source values shown in reject reasons as 'text' (cut to 60 characters), quoted only
     for the rows that are rejected."""
 
@@ -561,7 +559,7 @@ def parse_other_costs(table: Table, text: pd.Series) -> pd.Series:
 def destination_lookup(destinations: pd.DataFrame) -> tuple[dict[str, int], dict[str, list[int]]]:
     """(name key -> id for unique names, name key -> ids for names shared by several)."""
     keys = name_key(destinations["destination"])
-    groups = destinations.groupby(keys.values)["destination_id"].agg(lambda ids: sorted(set(int(i) for i in ids)))
+    groups = destinations.groupby(keys.values)["destination_id"].agg(lambda ids: sorted({int(i) for i in ids}))
     unique = {k: ids[0] for k, ids in groups.items() if len(ids) == 1}
     shared = {k: ids for k, ids in groups.items() if len(ids) > 1}
     return unique, shared
@@ -750,10 +748,12 @@ COPY_BATCH_ROWS = 100_000  # rows formatted at a time: memory follows the batch,
 COPY_READ_BYTES = 1 << 20
 
 
-def load_rows(frame: pd.DataFrame, table: str) -> pa.Table:
-    """The accepted rows of `table` in COPY order, typed as LOAD_SCHEMAS."""
-    columns = list(LOAD_COLUMNS[table])
-    return pa.Table.from_pandas(frame.loc[:, columns], preserve_index=False).cast(LOAD_SCHEMAS[table])
+def load_rows(table: Table) -> pa.Table:
+    """The accepted rows of `table` in COPY order, typed as LOAD_SCHEMAS (no pandas copy of
+    the cleansed frame on the way)."""
+    columns = list(LOAD_COLUMNS[table.name])
+    rows = pa.Table.from_pandas(table.clean.loc[:, columns], preserve_index=False).cast(LOAD_SCHEMAS[table.name])
+    return rows.filter(pa.array(table.ok.to_numpy()))
 
 
 class CsvStream:
@@ -799,13 +799,20 @@ def stored_rows(cur, table: str) -> pa.Table:
     statement = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT WITH (FORMAT csv)").format(
         sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(table)
     )
-    buffer = io.BytesIO()
-    cur.copy_expert(statement.as_string(cur), buffer, size=COPY_READ_BYTES)
-    if not buffer.getbuffer().nbytes:
-        return LOAD_SCHEMAS[table].empty_table()
-    buffer.seek(0)
+    # Spooled through a temporary file: the CSV text never sits in memory beside the table.
+    with tempfile.TemporaryFile(prefix="waddle-stored-") as buffer:
+        cur.copy_expert(statement.as_string(cur), buffer, size=COPY_READ_BYTES)
+        if not buffer.tell():
+            return LOAD_SCHEMAS[table].empty_table()
+        buffer.seek(0)
+        return read_stored_csv(buffer, table)
+
+
+def read_stored_csv(source, table: str) -> pa.Table:
+    """PostgreSQL's CSV rendering of `table`'s LOAD_COLUMNS, typed as LOAD_SCHEMAS."""
+    columns = LOAD_COLUMNS[table]
     return pacsv.read_csv(
-        buffer,
+        source,
         read_options=pacsv.ReadOptions(column_names=list(columns)),
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(
@@ -886,7 +893,7 @@ def lock_and_read_customers(cur) -> pa.Table:
 def stage_customers(cur, customers: Table, stored: pa.Table) -> tuple[pa.Table, pa.Table]:
     """(the accepted customers, the stored ones). When customers are stored, the new and
     changed ones go to stage_customer and rule email_in_use runs against them."""
-    rows = load_rows(customers.accepted(), "customer")
+    rows = load_rows(customers)
     if stored.num_rows:
         create_staging(cur, "customer")
         copy_rows(cur, "stage_customer", "customer", rows.filter(pa.array(new_or_changed(rows, stored, "customer_id"))))
@@ -1002,7 +1009,7 @@ def transform_and_load(settings: common.Settings, args) -> int:
     the stored bookings) while the booking rules run: one core each."""
     import psycopg2
 
-    started_at = datetime.now(timezone.utc)
+    started_at = datetime.now(UTC)
     data_dir = Path(args.data_dir) if args.data_dir else settings.download_dir
     rejects_dir = Path(args.rejects_dir) if args.rejects_dir else settings.rejects_dir
     max_rate = settings.max_reject_rate if args.max_reject_rate is None else args.max_reject_rate
@@ -1038,7 +1045,7 @@ def transform_and_load(settings: common.Settings, args) -> int:
             ])
             resolve_bookings(bookings, known_destinations, known_customers)
             writing_bookings = database.submit(
-                lambda: write_table(cur, "booking", load_rows(bookings.accepted(), "booking"), stored_bookings.result())
+                lambda: write_table(cur, "booking", load_rows(bookings), stored_bookings.result())
             )
             tables = (customers, destinations, bookings)
             try:
@@ -1075,7 +1082,7 @@ def write_parents(cur, destinations: Table, customer_rows: pa.Table, stored_cust
     """Store destinations, then customers (already staged by stage_customers when some are
     stored): {table: (inserted, updated)}."""
     return {
-        "destination": write_table(cur, "destination", load_rows(destinations.accepted(), "destination"),
+        "destination": write_table(cur, "destination", load_rows(destinations),
                                    stored_rows(cur, "destination")),
         "customer": write_table(cur, "customer", customer_rows, stored_customers, staged=True),
     }

@@ -6,9 +6,9 @@ import csv
 import shutil
 
 import pytest
+from conftest import query, write_csv
 
 import transform_load_csv_data as stage
-from conftest import query, write_csv
 
 TABLE_SNAPSHOT = {
     "customer": "SELECT xmin::text, * FROM customer ORDER BY customer_id",

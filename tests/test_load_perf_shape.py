@@ -4,9 +4,9 @@ a reload sends only new or changed rows, and neither changes what ends up stored
 from __future__ import annotations
 
 import pyarrow as pa
+from conftest import query, write_csv
 
 import transform_load_csv_data as stage
-from conftest import query, write_csv
 
 CUSTOMERS = (
     "customer_id,first_name,last_name,email,phone\n"
@@ -35,12 +35,12 @@ def rows_with_versions(url):
 
 
 def last_run_counts(url):
-    return dict(
-        (name, (inserted, updated))
+    return {
+        name: (inserted, updated)
         for name, inserted, updated in query(
             url, "SELECT table_name, rows_inserted, rows_updated FROM load_run_table "
                  "WHERE run_id = (SELECT max(run_id) FROM load_run)")
-    )
+    }
 
 
 def test_load_perf_shape_first_load_counts_every_row_inserted(schema_db, tmp_path):
