@@ -12,18 +12,21 @@ total_passengers_booked_per_destination, grouped by destination_id (two places m
 a name) and sorted by name, then country, then id.
 
 Money is summed exactly, as integer cents parsed from the decimal text (never through
-floats), and reported as a STRING with exactly two decimals ("1234.50"), in the
+floats: Arrow's decimal128 or digit arithmetic in numpy), and reported as a STRING with exactly two decimals ("1234.50"), in the
 returned dict, in the JSON and in the CSV alike: a JSON number would print 1234.5.
 
-Memory follows the chunk, not the export: objects are read one at a time, each spooled to
-/tmp while its hash is computed, then parsed CHUNK_ROWS rows at a time straight from the
-zip member or gzip stream; only three running sums per destination_id are kept.
+Memory follows the object, not the export: READ_WORKERS objects are read at a time (so
+downloading, hashing, inflating and parsing overlap), each spooled to /tmp while its hash
+is computed, then parsed whole by Arrow's CSV reader when it has at most CHUNK_ROWS rows
+(stage 4 writes 50,000 per object), else CHUNK_ROWS rows at a time by pandas straight
+from the zip member or gzip stream; only three sums per destination_id are kept.
 
 When RESULTS_PREFIX is set the result is also written to
 `{RESULTS_PREFIX}{date}/destination_metrics.json` and `.csv` in the same bucket.
 
 Deployed alone: it imports only the standard library, pandas and boto3 (the runtime and
-the AWS SDK for pandas layer provide them), never the rest of the repository.
+the AWS SDK for pandas layer provide them), and pyarrow when present (the same layer has
+it; without it pandas reads everything), never the rest of the repository.
 Credentials come from the execution role (boto3's default chain).
 
 The day is event["date"] (YYYY-MM-DD) if given, else the date of an EventBridge event's

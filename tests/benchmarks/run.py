@@ -325,6 +325,7 @@ class Benchmark:
             load.add_floor(self.load_floor(clean))
         load.rows = reload.rows = sum(self.svc.counts("bench").values())
         reload.floor_seconds, reload.floor_peak_rss_mb = load.floor_seconds, load.floor_peak_rss_mb
+        reload.floor_cpu_seconds = load.floor_cpu_seconds
         if not reload.seconds:
             del self.figures["reload"]
 
