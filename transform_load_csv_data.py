@@ -3,10 +3,12 @@
 Reads customer.csv, destination.csv and booking.csv from DOWNLOAD_DIR (or --data-dir),
 applies the cleansing rules (each one a function below, each documented in README.md),
 adds total_booking_value = number_of_passengers x cost_per_passenger (exact to the cent),
-and loads the accepted rows: COPY into staging tables, then insert-or-update by key, all
-three tables in one transaction. Every rejected row is written to REJECTS_DIR (one CSV per
-table: the original row, its source row number and a reject_reason) and counted in the
-summary, which is also stored in the load_run / load_run_table audit tables.
+and loads the accepted rows, all three tables in one transaction: COPY straight into a
+table that is empty; otherwise the stored rows are read back and only the new or changed
+ones go through a staging table and an insert-or-update by key. Every rejected row is
+written to REJECTS_DIR (one CSV per table: the original row, its source row number and a
+reject_reason) and counted in the summary, which is also stored in the load_run /
+load_run_table audit tables.
 
 Needs: the schema from travel.sql; DATABASE_URL or the libpq variables (PGHOST, ...).
 
@@ -817,7 +819,8 @@ def read_stored_csv(source, table: str) -> pa.Table:
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(
             column_types=LOAD_SCHEMAS[table], true_values=["t"], false_values=["f"],
-            strings_can_be_null=True, quoted_strings_can_be_null=False,
+            # NULL is the empty unquoted field, nothing else: a stored 'NA' or 'null' is text.
+            null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False,
         ),
     )
 

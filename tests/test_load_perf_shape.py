@@ -105,6 +105,17 @@ def test_load_perf_shape_rows_changed_in_database_are_restored(schema_db, tmp_pa
     assert query(schema_db, "SELECT passengers_imputed FROM booking WHERE booking_id = 10") == [(True,)]
 
 
+def test_load_perf_shape_text_that_reads_like_null_is_compared_as_text(schema_db, tmp_path):
+    looks_null = CUSTOMERS.replace("ann@example.com,", "ann@example.com,NA").replace("555-0102", "NULL")
+    assert stage.main(["--data-dir", str(write_dataset(tmp_path / "a", looks_null))]) == 0
+    assert query(schema_db, "SELECT phone FROM customer WHERE customer_id IN (1, 2) ORDER BY customer_id") == [("NA",), ("NULL",)]
+
+    assert stage.main(["--data-dir", str(write_dataset(tmp_path / "b"))]) == 0  # the real file: 1 has no phone
+
+    assert query(schema_db, "SELECT phone FROM customer WHERE customer_id IN (1, 2) ORDER BY customer_id") == [(None,), ("555-0102",)]
+    assert last_run_counts(schema_db)["customer"] == (0, 2)
+
+
 def test_load_perf_shape_dry_run_on_loaded_database_changes_nothing(schema_db, tmp_path):
     assert stage.main(["--data-dir", str(write_dataset(tmp_path / "a"))]) == 0
     before = rows_with_versions(schema_db)
