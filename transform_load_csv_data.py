@@ -850,23 +850,26 @@ def create_staging(cur, table: str) -> None:
     cur.execute(f"CREATE TEMP TABLE stage_{table} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP")
 
 
-def write_table(cur, table: str, rows: pa.Table, stored: pa.Table, staged: bool = False) -> tuple[int, int]:
+def write_table(cur, table: str, rows: pa.Table, stored: pa.Table) -> tuple[int, int]:
     """Store the accepted `rows` of `table`: (inserted, updated).
 
     Into an empty table the rows are copied straight in (the first load: every row is new,
     no staging, no upsert). Otherwise only the rows that are new or differ from `stored` go
-    through stage_<table> and the upsert; identical rows are never sent again. `staged`:
-    the caller has already filled stage_<table> with those rows."""
+    through stage_<table> and the upsert; identical rows are never sent again."""
     if stored.num_rows == 0:
-        copy_rows(cur, table, table, rows)
-        return rows.num_rows, 0
-    if not staged:
-        pending = rows.filter(pa.array(new_or_changed(rows, stored, KEYS[table])))
-        if pending.num_rows == 0:
-            return 0, 0
-        create_staging(cur, table)
-        copy_rows(cur, f"stage_{table}", table, pending)
+        return copy_into_empty(cur, table, rows)
+    pending = rows.filter(pa.array(new_or_changed(rows, stored, KEYS[table])))
+    if pending.num_rows == 0:
+        return 0, 0
+    create_staging(cur, table)
+    copy_rows(cur, f"stage_{table}", table, pending)
     return upsert(cur, table)
+
+
+def copy_into_empty(cur, table: str, rows: pa.Table) -> tuple[int, int]:
+    """COPY `rows` straight into `table`, which holds no row: all of them are inserted."""
+    copy_rows(cur, table, table, rows)
+    return rows.num_rows, 0
 
 
 def take_load_lock(cur) -> None:
@@ -893,15 +896,15 @@ def lock_and_read_customers(cur) -> pa.Table:
     return stored_rows(cur, "customer")
 
 
-def stage_customers(cur, customers: Table, stored: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """(the accepted customers, the stored ones). When customers are stored, the new and
-    changed ones go to stage_customer and rule email_in_use runs against them."""
-    rows = load_rows(customers)
+def stage_customers(cur, customers: Table, stored: pa.Table) -> np.ndarray:
+    """When customers are stored, put the new and changed ones in stage_customer and apply
+    rule email_in_use to them. Returns the ids of the stored customers."""
     if stored.num_rows:
+        rows = load_rows(customers)
         create_staging(cur, "customer")
         copy_rows(cur, "stage_customer", "customer", rows.filter(pa.array(new_or_changed(rows, stored, "customer_id"))))
         reject_emails_in_use(cur, customers)
-    return rows, stored
+    return stored["customer_id"].to_numpy()
 
 
 def reject_emails_in_use(cur, table: Table) -> None:
@@ -1030,21 +1033,21 @@ def transform_and_load(settings: common.Settings, args) -> int:
             customers = cleanse_customers(raw["customer"])
             destinations = cleanse_destinations(raw["destination"])
             log_step("customer and destination rules applied")
-            customer_rows, stored_customers = stage_customers(cur, customers, reading_customers.result())
-            log_step(f"{stored_customers.num_rows} stored customers compared")
+            stored_customer_ids = stage_customers(cur, customers, reading_customers.result())
+            log_step(f"{len(stored_customer_ids)} stored customers compared")
             known_destinations = pd.concat(
                 [destinations.accepted()[["destination_id", "destination"]],
                  database_destinations(cur, destinations.accepted()["destination_id"])],
                 ignore_index=True,
             )
-            parents = database.submit(write_parents, cur, destinations, customer_rows, stored_customers)
+            parents = database.submit(write_parents, cur, destinations, customers, len(stored_customer_ids) > 0)
             stored_bookings = database.submit(stored_rows, cur, "booking")
 
             bookings = cleanse_bookings(raw.pop("booking"))
             log_step("booking row rules applied")
             known_customers = np.concatenate([
                 customers.accepted()["customer_id"].to_numpy(dtype=np.int64),
-                stored_customers["customer_id"].to_numpy(),
+                stored_customer_ids,
             ])
             resolve_bookings(bookings, known_destinations, known_customers)
             writing_bookings = database.submit(
@@ -1081,13 +1084,12 @@ def transform_and_load(settings: common.Settings, args) -> int:
     return common.EXIT_OK
 
 
-def write_parents(cur, destinations: Table, customer_rows: pa.Table, stored_customers: pa.Table) -> dict:
-    """Store destinations, then customers (already staged by stage_customers when some are
-    stored): {table: (inserted, updated)}."""
+def write_parents(cur, destinations: Table, customers: Table, customers_staged: bool) -> dict:
+    """Store destinations, then customers (staged by stage_customers when some were stored,
+    else copied straight in): {table: (inserted, updated)}."""
     return {
-        "destination": write_table(cur, "destination", load_rows(destinations),
-                                   stored_rows(cur, "destination")),
-        "customer": write_table(cur, "customer", customer_rows, stored_customers, staged=True),
+        "destination": write_table(cur, "destination", load_rows(destinations), stored_rows(cur, "destination")),
+        "customer": upsert(cur, "customer") if customers_staged else copy_into_empty(cur, "customer", load_rows(customers)),
     }
 
 
