@@ -221,7 +221,9 @@ class Table:
 def trim_text(values: pd.Series) -> pd.Series:
     """Rule trim_text: strip surrounding white space; an empty or blank value is missing."""
     text = values.astype(str).where(values.notna(), "").str.strip()
-    return text.mask(text == "")
+    text = text.mask(text == "")
+    # A clean column (the usual case) shares the source's memory instead of a second copy.
+    return values if text.dtype == values.dtype and text.equals(values) else text
 
 
 class quoted:  # lower-case: reads as a function at the call sites
