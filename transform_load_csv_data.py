@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
@@ -243,6 +244,19 @@ def reject_missing(table: Table, columns: Iterable[str]) -> None:
         table.reject(table.clean[column].isna(), f"missing_field: {column} is empty")
 
 
+def reject_nul_bytes(table: Table) -> None:
+    """Rule invalid_text: a value holding a NUL byte (0x00) is rejected.
+
+    PostgreSQL text cannot store NUL: one such value would otherwise fail the whole COPY
+    with an error naming neither the file, the row nor the column."""
+    for column in table.clean.columns:
+        values = table.clean[column]
+        if values.dtype.kind in "iufb":
+            continue
+        holds_nul = pc.match_substring(as_text(values), "\x00").to_numpy(zero_copy_only=False)
+        table.reject(pd.Series(holds_nul, index=values.index), f"invalid_text: {column} contains a NUL byte")
+
+
 def parse_whole_numbers(values: pd.Series, maximum: int) -> tuple[pd.Series, pd.Series, pd.Series]:
     """(numbers as int64 or NA, mask of malformed values, mask of values above `maximum`).
 
@@ -256,7 +270,7 @@ def parse_whole_numbers(values: pd.Series, maximum: int) -> tuple[pd.Series, pd.
     malformed = values.notna() & ~plain
     if malformed.any():
         rest = text[malformed]
-        digits = rest.str.extract(r"^\+?0*(\d+)(?:\.0*)?$", expand=False)
+        digits = rest.str.extract(r"^\+?0*([0-9]+)(?:\.0*)?$", expand=False)
         matched = digits.notna()
         digits = digits.fillna("")
         longer = (digits.str.len() > len(str(maximum))) | (
@@ -303,6 +317,7 @@ def reject_duplicates(table: Table, column: str, values: pd.Series, code: str) -
 def cleanse_customers(raw: pd.DataFrame) -> Table:
     table = Table("customer", raw)
     reject_missing(table, NOT_NULL["customer"])
+    reject_nul_bytes(table)
     ids = parse_key(table, "customer_id")
     table.clean["email"] = normalise_emails(table.clean["email"])
     reject_malformed_emails(table)
@@ -336,6 +351,7 @@ def reject_malformed_emails(table: Table) -> None:
 def cleanse_destinations(raw: pd.DataFrame) -> Table:
     table = Table("destination", raw)
     reject_missing(table, NOT_NULL["destination"])
+    reject_nul_bytes(table)
     ids = parse_key(table, "destination_id")
     table.clean["popular_season"] = normalise_seasons(table.clean["popular_season"])
     reject_unknown_seasons(table)
@@ -364,6 +380,7 @@ def cleanse_bookings(raw: pd.DataFrame) -> Table:
     """The row rules of bookings; references and imputation follow in resolve_bookings()."""
     table = Table("booking", raw)
     reject_missing(table, NOT_NULL["booking"])
+    reject_nul_bytes(table)
     ids = parse_key(table, "booking_id")
     customer_ids = parse_key(table, "customer_id")
     table.clean["booking_date"] = parse_dates(table)
@@ -381,18 +398,18 @@ def cleanse_bookings(raw: pd.DataFrame) -> Table:
 
 DATE_FORMATS = (
     # ISO, optionally with a time (and zone): the date part is taken as written.
-    (re.compile(r"(\d{4})-(\d{1,2})-(\d{1,2})(?:[T ]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:Z|[+-]\d{2}:?\d{2})?)?"), "ymd"),
-    (re.compile(r"(\d{4})/(\d{1,2})/(\d{1,2})"), "ymd"),
-    (re.compile(r"([A-Za-z]+)\.? (\d{1,2}),? (\d{4})"), "mdy"),  # June 3, 2023
-    (re.compile(r"(\d{1,2}) ([A-Za-z]+)\.?,? (\d{4})"), "dmy"),  # 3 June 2023
+    (re.compile(r"([0-9]{4})-([0-9]{1,2})-([0-9]{1,2})(?:[T ][0-9]{1,2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?\s*(?:Z|[+-][0-9]{2}:?[0-9]{2})?)?"), "ymd"),
+    (re.compile(r"([0-9]{4})/([0-9]{1,2})/([0-9]{1,2})"), "ymd"),
+    (re.compile(r"([A-Za-z]+)\.? ([0-9]{1,2}),? ([0-9]{4})"), "mdy"),  # June 3, 2023
+    (re.compile(r"([0-9]{1,2}) ([A-Za-z]+)\.?,? ([0-9]{4})"), "dmy"),  # 3 June 2023
 )
 FIXED_WIDTH_DATES = (
-    r"\d{4}-\d{2}-\d{2}",
-    r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?",
-    r"\d{4}/\d{2}/\d{2}",
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}",
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?(?:Z|[+-][0-9]{2}:?[0-9]{2})?",
+    r"[0-9]{4}/[0-9]{2}/[0-9]{2}",
 )
 NAMED_MONTH_DATES = ("%B %d, %Y",)
-AMBIGUOUS_DATE = re.compile(r"\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}")
+AMBIGUOUS_DATE = re.compile(r"[0-9]{1,2}[/.-][0-9]{1,2}[/.-][0-9]{2,4}")
 
 
 def parse_dates(table: Table, column: str = "booking_date") -> pd.Series:
@@ -502,7 +519,7 @@ def parse_passengers(table: Table) -> tuple[pd.Series, pd.Series]:
     """
     text = table.clean["number_of_passengers"]
     missing = text.isna()
-    negative = text.fillna("").str.fullmatch(r"-\d+(?:\.0*)?")
+    negative = text.fillna("").str.fullmatch(r"-[0-9]+(?:\.0*)?")
     numbers, malformed, too_big = parse_whole_numbers(text.mask(negative), INT_MAX)
     shown = quoted(table.raw["number_of_passengers"])
     table.reject(negative | (numbers == 0), "not_positive: number_of_passengers {} must be at least 1", shown)
@@ -536,7 +553,7 @@ def parse_costs(table: Table) -> tuple[pd.Series, pd.Series]:
 
 def parse_other_costs(table: Table, text: pd.Series) -> pd.Series:
     """Cents for the amounts not in the common shapes; rejects the malformed ones."""
-    parts = text.str.extract(r"^(-?)(\d*)(?:\.(\d*))?$")
+    parts = text.str.extract(r"^(-?)([0-9]*)(?:\.([0-9]*))?$")
     shaped = parts[1].notna() & ((parts[1] != "") | (parts[2].fillna("") != ""))
     negative = shaped & (parts[0] == "-")
     integer = parts[1].fillna("").str.lstrip("0")
@@ -849,7 +866,13 @@ def new_or_changed(rows: pa.Table, stored: pa.Table, key: str) -> np.ndarray:
 
 
 def create_staging(cur, table: str) -> None:
-    cur.execute(f"CREATE TEMP TABLE stage_{table} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP")
+    from psycopg2 import sql
+
+    cur.execute(
+        sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(
+            sql.Identifier(f"stage_{table}"), sql.Identifier(table)
+        )
+    )
 
 
 def write_table(cur, table: str, rows: pa.Table, stored: pa.Table) -> tuple[int, int]:
@@ -990,12 +1013,23 @@ def describe_source(path: Path) -> dict:
 # The stage
 
 
+def reject_rate(text: str) -> float:
+    """--max-reject-rate: a share of the rows, 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a share between 0 and 1 (0.10 = 10%), got {text!r}")
+    return value
+
+
 def build_parser():
     parser = common.stage_parser(__doc__)
     parser.add_argument("--data-dir", metavar="DIR", help="folder with the three CSVs (default: $DOWNLOAD_DIR)")
     parser.add_argument("--rejects-dir", metavar="DIR", help="where rejected rows go (default: $REJECTS_DIR)")
     parser.add_argument(
-        "--max-reject-rate", type=float, metavar="RATE",
+        "--max-reject-rate", type=reject_rate, metavar="RATE",
         help="refuse the load when a table loses more than this share of its rows (default: $MAX_REJECT_RATE, 0.10)",
     )
     parser.add_argument("--encoding", default="utf-8", help="text encoding of the CSVs (default: utf-8)")

@@ -88,6 +88,13 @@ def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
+def _env_share(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _env_float(env, name, default)
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name} must be a share between 0 and 1 (0.10 = 10%), got {value:g}")
+    return value
+
+
 def _env_flag(env: Mapping[str, str], name: str) -> bool:
     raw = env.get(name, "").strip().lower()
     if raw in ("", "0", "false", "no", "off"):
@@ -141,7 +148,7 @@ class Settings:
             source_urls=urls,
             download_dir=Path(env.get("DOWNLOAD_DIR", "").strip() or "download_dataset"),
             rejects_dir=Path(env.get("REJECTS_DIR", "").strip() or "rejects"),
-            max_reject_rate=_env_float(env, "MAX_REJECT_RATE", 0.10),
+            max_reject_rate=_env_share(env, "MAX_REJECT_RATE", 0.10),
             download_timeout=_env_float(env, "DOWNLOAD_TIMEOUT", 30.0),
             download_retries=_env_int(env, "DOWNLOAD_RETRIES", 4),
             download_backoff=_env_float(env, "DOWNLOAD_BACKOFF", 1.0),
