@@ -163,6 +163,8 @@ def generate_dataset(out: Path, customers: int, bookings: int, seed: int = 7) ->
 
 SLOW_DOWN = (503, b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code>"
                   b"<Message>Please reduce your request rate.</Message></Error>")
+ACCESS_DENIED = (403, b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code>"
+                 b"<Message>Access Denied</Message></Error>")
 INTERNAL_ERROR = (500, b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>InternalError</Code>"
                        b"<Message>We encountered an internal error. Please try again.</Message></Error>")
 
@@ -173,12 +175,15 @@ class FaultyStore:
     `fail(n)` says whether the n-th object PUT (1-based, counting retries) gets `error`
     instead of being forwarded. Counts: `puts` seen, `failed` answered with the error.
     With `hold=True` every object PUT waits for `gate` (set `put_arrived` first): the
-    upload hangs as long as the test wants.
+    upload hangs as long as the test wants. `on_first_put()` runs once, before the first
+    object PUT is answered (to change the database in the middle of an export, say).
     """
 
     def __init__(self, upstream: str, fail: Callable[[int], bool] = lambda n: False,
-                 error: tuple[int, bytes] = INTERNAL_ERROR, hold: bool = False):
+                 error: tuple[int, bytes] = INTERNAL_ERROR, hold: bool = False,
+                 on_first_put: Callable[[], object] | None = None):
         self.upstream = urlparse(upstream)
+        self.on_first_put = on_first_put
         self.fail = fail
         self.error = error
         self.hold = hold
@@ -243,7 +248,10 @@ class FaultyStore:
             self.puts += 1
             failing = bool(self.fail(self.puts))
             self.failed += failing
-            return failing
+            first = self.puts == 1
+        if first and self.on_first_put:
+            self.on_first_put()
+        return failing
 
     @property
     def url(self) -> str:

@@ -160,8 +160,12 @@ class EmbeddedPostgres:
 
 def start_moto_server():
     """moto's S3 (and Secrets Manager) server on 127.0.0.1; returns (server, endpoint_url)."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    # It runs in this process: keep its request log out of the stderr that tests read.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -279,11 +283,9 @@ def _interrupt(signum, frame):
 
 def serve(state: Path) -> int:
     """Run the local stack until stdin closes, SIGTERM or Ctrl-C; see the module docstring."""
-    import logging
     import warnings
 
-    # Its request log and platformdirs' runtime-dir warning would drown travel.sh's lines.
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    # platformdirs' runtime-dir warning would drown travel.sh's lines.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
     stack = LocalStack(state)
     signal.signal(signal.SIGTERM, _interrupt)

@@ -8,13 +8,9 @@ import base64
 import csv
 import gzip
 import hashlib
-import http.client
-import http.server
 import io
 import json
-import logging
 import re
-import threading
 import zipfile
 from datetime import date, datetime, timezone
 from decimal import Decimal
@@ -28,6 +24,7 @@ import batch_transfer_data_to_cloud_storage as stage
 import transform_load_csv_data
 import waddle_common as common
 from conftest import query
+from faults_helpers import ACCESS_DENIED, FaultyStore
 from services import free_port
 
 DAY = "2024-05-01"
@@ -36,16 +33,6 @@ SUFFIX = {"zip": ".csv.zip", "gzip": ".csv.gz"}
 
 # ---------------------------------------------------------------------------------------
 # Helpers
-
-
-@pytest.fixture(autouse=True)
-def quiet_moto_server():
-    """moto's server runs in this process: keep its request log out of the stderr tests read."""
-    logger = logging.getLogger("werkzeug")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    yield
-    logger.setLevel(level)
 
 
 @pytest.fixture
@@ -151,94 +138,6 @@ def run(*args: str) -> int:
 
 def error_lines(capsys) -> list[str]:
     return capsys.readouterr().err.strip().splitlines()
-
-
-class StoreProxy:
-    """An HTTP proxy on 127.0.0.1 in front of the moto server, to break or observe uploads.
-
-    Object PUTs (bucket/key) are counted: `on_first_put()` runs once before the first one is
-    forwarded; after `refuse_puts_after` of them, later ones get 403 AccessDenied (which
-    botocore does not retry), like a store whose policy changes mid-run.
-    """
-
-    def __init__(self, upstream: str, refuse_puts_after: int | None = None, on_first_put=None):
-        self.upstream = urlparse(upstream)
-        self.refuse_puts_after = refuse_puts_after
-        self.on_first_put = on_first_put
-        self.puts = 0
-        self.refused = 0
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # answers "Expect: 100-continue" at once
-
-            def forward(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                if self.command == "PUT" and outer.is_object(self.path) and not outer.admit():
-                    return self.reply(403, b"<?xml version='1.0' encoding='UTF-8'?>"
-                                      b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>",
-                                      [("Content-Type", "application/xml")])
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "expect"}
-                conn = http.client.HTTPConnection(outer.upstream.hostname, outer.upstream.port, timeout=60)
-                try:
-                    conn.request(self.command, self.path, body=body, headers=headers)
-                    answer = conn.getresponse()
-                    data = answer.read()
-                    hop = ("connection", "transfer-encoding", "content-length", "server", "date")
-                    passed = [(k, v) for k, v in answer.getheaders() if k.lower() not in hop]
-                    if self.command == "HEAD":
-                        passed.append(("Content-Length", answer.getheader("Content-Length", "0")))
-                    self.reply(answer.status, data, passed, head=self.command == "HEAD")
-                finally:
-                    conn.close()
-
-            def reply(self, status, data, headers, head=False):
-                self.send_response(status)
-                for key, value in headers:
-                    self.send_header(key, value)
-                if not head:
-                    self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if not head:
-                    self.wfile.write(data)
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @staticmethod
-    def is_object(path: str) -> bool:
-        return "/" in urlparse(path).path.strip("/")
-
-    def admit(self) -> bool:
-        with self.lock:
-            self.puts += 1
-            first = self.puts == 1
-            refuse = self.refuse_puts_after is not None and self.puts > self.refuse_puts_after
-            self.refused += refuse
-        if first and self.on_first_put:
-            self.on_first_put()
-        return not refuse
-
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> "StoreProxy":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 # ---------------------------------------------------------------------------------------
@@ -687,7 +586,7 @@ def test_export_snapshot_ignores_changes_committed_during_the_run(loaded_db, s3_
         query(loaded_db, "UPDATE destination SET destination = 'Renamed' WHERE destination_id = %s", (destination_id,))
         query(loaded_db, "DELETE FROM booking WHERE booking_id = (SELECT min(booking_id) FROM booking)")
 
-    with StoreProxy(moto_endpoint, on_first_put=concurrent_load) as proxy:
+    with FaultyStore(moto_endpoint, on_first_put=concurrent_load) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
         assert run("--batch-size", "10", "--workers", "1") == 0
         assert proxy.puts > 1
@@ -706,10 +605,11 @@ def test_export_failure_part_way_leaves_no_manifest(loaded_db, s3_bucket, monkey
     assert manifest_exists(s3_bucket)
     capsys.readouterr()
 
-    with StoreProxy(moto_endpoint, refuse_puts_after=3) as proxy:
+    # A store whose policy changes mid-run: 403 is not retried by botocore.
+    with FaultyStore(moto_endpoint, fail=lambda n: n > 3, error=ACCESS_DENIED) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
         code = run("--batch-size", "10")
-        assert proxy.refused >= 1
+        assert proxy.failed >= 1
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
     assert code == 1

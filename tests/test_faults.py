@@ -27,7 +27,6 @@ deadlines; no test sleeps to synchronise.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import signal
@@ -65,16 +64,6 @@ DAY = "2024-05-01"
 LOADER = "transform_load_csv_data.py"
 SAMPLE_COUNTS = {"customer": 201, "destination": 51, "booking": 203}
 BOOKING_CSV = (SAMPLE_DIR / "booking.csv").read_bytes()
-
-
-@pytest.fixture(autouse=True)
-def quiet_moto_server():
-    """moto's server runs in this process: keep its request log out of the stderr tests read."""
-    logger = logging.getLogger("werkzeug")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    yield
-    logger.setLevel(level)
 
 
 def error_lines(capsys) -> list[str]:

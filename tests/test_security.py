@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 import os
 import re
 import secrets
@@ -36,16 +35,6 @@ STRONG = "Strong-Pw-" + secrets.token_hex(16)  # 42 characters, letters and digi
 
 # ---------------------------------------------------------------------------------------
 # Helpers
-
-
-@pytest.fixture(autouse=True)
-def quiet_moto_server():
-    """moto's server runs in this process: keep its request log out of the stderr tests read."""
-    logger = logging.getLogger("werkzeug")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    yield
-    logger.setLevel(level)
 
 
 _role_numbers = itertools.count(1)
