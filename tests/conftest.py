@@ -7,6 +7,7 @@ a new, empty one.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -77,20 +78,29 @@ def with_database(url: str, dbname: str) -> str:
 _db_numbers = itertools.count(1)
 
 
-@pytest.fixture
-def database_url(pg_admin_url):
-    """The URL of a new, empty database, dropped after the test."""
-    dbname = f"waddle_test_{os.getpid()}_{next(_db_numbers)}"
-    admin = psycopg2.connect(pg_admin_url)
+@contextlib.contextmanager
+def new_database(admin_url: str, purpose: str = "test"):
+    """A new, empty database on `admin_url`'s server, dropped at the end; yields its URL."""
+    from psycopg2 import sql
+
+    name = sql.Identifier(f"waddle_{purpose}_{os.getpid()}_{next(_db_numbers)}")
+    admin = psycopg2.connect(admin_url)
     admin.autocommit = True
     try:
         with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{dbname}"')
-        yield with_database(pg_admin_url, dbname)
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(name))
+        yield with_database(admin_url, name.strings[0])
         with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
     finally:
         admin.close()
+
+
+@pytest.fixture
+def database_url(pg_admin_url):
+    """The URL of a new, empty database, dropped after the test."""
+    with new_database(pg_admin_url) as url:
+        yield url
 
 
 def libpq_env(url: str) -> dict[str, str]:

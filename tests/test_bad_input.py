@@ -18,18 +18,15 @@ from __future__ import annotations
 
 import csv
 import io
-import itertools
-import os
 import zipfile
 from dataclasses import dataclass
 
 import boto3
-import psycopg2
 import pytest
 
 import batch_transfer_data_to_cloud_storage as export_stage
 import transform_load_csv_data as stage
-from conftest import apply_schema, query, with_database
+from conftest import apply_schema, new_database, query
 from faults_helpers import run_stage, stage_env
 
 HEADERS = {
@@ -289,24 +286,12 @@ def cases() -> list[Case]:
 # than the case)
 
 
-_numbers = itertools.count(1)
-
 
 @pytest.fixture(scope="module")
 def catalogue_url(pg_admin_url):
-    dbname = f"waddle_bad_input_{os.getpid()}_{next(_numbers)}"
-    admin = psycopg2.connect(pg_admin_url)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{dbname}"')
-        url = with_database(pg_admin_url, dbname)
+    with new_database(pg_admin_url, "bad_input") as url:
         apply_schema(url)
         yield url
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-    finally:
-        admin.close()
 
 
 @pytest.fixture

@@ -27,7 +27,6 @@ deadlines; no test sleeps to synchronise.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import tempfile
@@ -40,7 +39,7 @@ import pytest
 import batch_transfer_data_to_cloud_storage as export_stage
 import download_dataset
 import transform_load_csv_data as load_stage
-from conftest import SAMPLE_DIR, apply_schema, query, with_database, write_csv
+from conftest import SAMPLE_DIR, apply_schema, new_database, query, with_database, write_csv
 from faults_helpers import (
     INTERNAL_ERROR,
     SLOW_DOWN,
@@ -433,13 +432,7 @@ def test_faults_export_during_a_load_is_one_snapshot(schema_db, s3_bucket, tmp_p
 @pytest.fixture(scope="module")
 def exported_sample_db(pg_admin_url, tmp_path_factory):
     """One database with the sample loaded, shared by the export tests: they only read it."""
-    dbname = f"waddle_faults_export_{os.getpid()}"
-    admin = psycopg2.connect(pg_admin_url)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{dbname}"')
-        url = with_database(pg_admin_url, dbname)
+    with new_database(pg_admin_url, "faults_export") as url:
         apply_schema(url)
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("DATABASE_URL", url)
@@ -448,10 +441,6 @@ def exported_sample_db(pg_admin_url, tmp_path_factory):
             assert load_stage.main(["--data-dir", str(SAMPLE_DIR), "--rejects-dir", str(rejects)]) == 0
         assert counts(url) == SAMPLE_COUNTS
         yield url
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-    finally:
-        admin.close()
 
 
 @pytest.fixture
