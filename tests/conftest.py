@@ -174,14 +174,20 @@ _bucket_numbers = itertools.count(1)
 
 
 @pytest.fixture
-def s3_bucket(moto_endpoint, monkeypatch):
-    """A new private bucket on the moto server; the environment points boto3 at it."""
-    import boto3
-
+def aws(moto_endpoint, monkeypatch):
+    """boto3's default chain pointed at moto's server (S3 and Secrets Manager)."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-key-value")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return moto_endpoint
+
+
+@pytest.fixture
+def s3_bucket(aws, monkeypatch):
+    """A new private bucket on the moto server; the environment points boto3 at it."""
+    import boto3
+
     name = f"waddle-test-{os.getpid()}-{next(_bucket_numbers)}"
     boto3.client("s3").create_bucket(Bucket=name)
     monkeypatch.setenv("S3_BUCKET_NAME", name)

@@ -97,16 +97,6 @@ def counts(url: str) -> dict[str, int]:
     return {t: query(url, f"SELECT count(*) FROM {t}")[0][0] for t in ("customer", "destination", "booking")}
 
 
-@pytest.fixture
-def aws(moto_endpoint, monkeypatch):
-    """boto3's default chain pointed at moto's server (S3 and Secrets Manager)."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-key-value")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    return moto_endpoint
-
-
 _secret_numbers = itertools.count(1)
 
 
