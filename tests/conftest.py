@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from urllib.parse import unquote, urlparse, urlunparse
+from urllib.parse import urlparse, urlunparse
 
 import psycopg2
 import pytest
@@ -104,15 +104,11 @@ def database_url(pg_admin_url):
 
 
 def libpq_env(url: str) -> dict[str, str]:
-    """The libpq variables for `url`, so no password travels on a command line."""
-    parts = urlparse(url)
-    return {
-        "PGHOST": parts.hostname or "localhost",
-        "PGPORT": str(parts.port or 5432),
-        "PGUSER": unquote(parts.username or ""),
-        "PGPASSWORD": unquote(parts.password or ""),
-        "PGDATABASE": parts.path.lstrip("/"),
-    }
+    """The libpq variables for `url` (as the pipeline gives psql), so no password travels on
+    a command line."""
+    import waddle_common
+
+    return {k: v for k, v in waddle_common.libpq_environment({"DATABASE_URL": url}).items() if k.startswith("PG")}
 
 
 def psql_executable() -> str:
