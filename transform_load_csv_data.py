@@ -672,6 +672,27 @@ def resolve_bookings(table: Table, destinations: pd.DataFrame, known_customer_id
     table.imputed = (table.clean["passengers_imputed"] | table.clean["cost_imputed"]) & table.ok
 
 
+def cleanse_all(
+    raw: dict[str, pd.DataFrame], stored_destinations: pd.DataFrame | None = None,
+    stored_customer_ids: Iterable[int] = (),
+) -> dict[str, Table]:
+    """Every rule but email_in_use (which needs the stored customers), in the README's
+    order, on the three files' frames: {table: Table}. Pure: no file, network or database."""
+    customers = cleanse_customers(raw["customer"])
+    destinations = cleanse_destinations(raw["destination"])
+    known_destinations = destinations.accepted()[["destination_id", "destination"]]
+    if stored_destinations is not None:
+        redefined = stored_destinations["destination_id"].isin(known_destinations["destination_id"])
+        known_destinations = pd.concat([known_destinations, stored_destinations[~redefined]], ignore_index=True)
+    bookings = cleanse_bookings(raw["booking"])
+    known_customers = np.concatenate([
+        customers.accepted()["customer_id"].to_numpy(dtype=np.int64),
+        np.fromiter(stored_customer_ids, dtype=np.int64),
+    ])
+    resolve_bookings(bookings, known_destinations, known_customers)
+    return {"customer": customers, "destination": destinations, "booking": bookings}
+
+
 # ---------------------------------------------------------------------------------------
 # Summary and rejects
 
