@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import codecs
 import hashlib
 import json
 import logging
@@ -60,7 +61,7 @@ SEASON_SYNONYMS = {"Fall": "Autumn"}
 BIGINT_MAX = 9_223_372_036_854_775_807
 INT_MAX = 2_147_483_647
 MAX_COST_CENTS = 10**12 - 1  # NUMERIC(12,2)
-MAX_TOTAL_CENTS = 10**18 - 1  # keeps the product exact in int64
+MAX_TOTAL_CENTS = 10**18 - 1  # 9999999999999999.99: travel.sql's CHECK and the Lambda share it
 DATE_MIN, DATE_MAX = 1900, 2100  # booking years outside this range are typing errors
 LOAD_LOCK_KEY = 0x5741_4444  # pg advisory lock shared by every loader ("WADD")
 
@@ -97,62 +98,117 @@ MONTHS = {
 
 
 def read_source(path: Path, table: str, encoding: str = "utf-8") -> pd.DataFrame:
-    """The file as text columns (normalised names), with `source_row` = data row number.
+    """The file as text columns (normalised names), one row per data record in file order,
+    with `source_row` = the record's 1-based number (README, "Cleansing rules").
 
-    Refuses (ConfigError) a missing file, a non-UTF-8 file, an empty file, a header with a
-    repeated column, or one that lacks a required column.
+    A record whose field count differs from the header's is kept as a row with every column
+    missing, its text in `raw_record` and its count in `field_count`: rule wrong_field_count
+    rejects it. Refuses (ConfigError) a missing file, a non-UTF-8 file, an empty file, a
+    header with a repeated column, or one that lacks a required column.
     """
     if not path.is_file():
         raise common.ConfigError(f"{path} not found; run download_dataset.py or pass --data-dir")
     try:
         header = common.read_header(path, encoding)
-        names = unique_header(header, path)
-        missing = common.missing_columns(table, names)
-        if missing:
-            raise common.ConfigError(
-                f"{path.name} lacks column(s) {', '.join(missing)}; columns found: {', '.join(header) or '(none)'}"
-            )
-        frame = read_with_arrow(path, names, encoding)
-        if frame is None:
-            frame = pd.read_csv(
-                path, header=0, names=names, dtype=str, keep_default_na=False, na_filter=False,
-                encoding=common.python_encoding(encoding), skip_blank_lines=True,
-            )
     except UnicodeDecodeError as exc:
+        raise not_encoded(path, encoding, exc) from None
+    names = unique_header(header, path)
+    missing = common.missing_columns(table, names)
+    if missing:
         raise common.ConfigError(
-            f"{path.name} is not {encoding} text ({exc.reason} at byte {exc.start}); "
-            "convert it (iconv -f latin1 -t utf-8) or pass --encoding latin-1"
-        ) from None
-    except pd.errors.ParserError as exc:
-        raise common.ConfigError(f"{path.name} is not a well-formed CSV file: {common.first_line(exc)}") from None
-    frame = frame[[c for c in frame.columns if not c.startswith("_unnamed_")]]
-    frame.insert(0, "source_row", np.arange(1, len(frame) + 1))
-    return frame
-
-
-def read_with_arrow(path: Path, names: list[str], encoding: str) -> pd.DataFrame | None:
-    """The file as text columns, parsed by pyarrow's multi-threaded reader (ten times faster
-    than pandas' at a million rows), or None when pyarrow cannot parse it exactly: a row
-    with too few or too many fields, bytes that are not `encoding`. The caller then reads it
-    with pandas, whose behaviour and messages for such files are the reference."""
-    # Positional names: the real header may repeat or lack names; it is checked already.
-    positional = [f"c{i}" for i in range(len(names))]
-    codec = "utf8" if common.python_encoding(encoding) == "utf-8-sig" else encoding
-    try:
-        table = pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(column_names=positional, skip_rows=1, encoding=codec),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True, ignore_empty_lines=True),
-            convert_options=pacsv.ConvertOptions(
-                column_types={c: pa.string() for c in positional},
-                strings_can_be_null=False, quoted_strings_can_be_null=False,
-            ),
+            f"{path.name} lacks column(s) {', '.join(missing)}; columns found: {', '.join(header) or '(none)'}"
         )
-    except (pa.ArrowInvalid, LookupError):
-        return None
-    frame = table.to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow", na_value=np.nan)}.get)
+    records, malformed = read_records(path, len(names), encoding)
+    frame = records.to_pandas(types_mapper={pa.string(): TEXT_DTYPE}.get)
     frame.columns = names
+    frame = frame[[c for c in frame.columns if not c.startswith("_unnamed_")]]
+    numbers = np.arange(1, len(frame) + len(malformed) + 1)
+    if malformed:
+        bad_numbers = np.array([number for number, _, _ in malformed])
+        frame.index = np.delete(numbers, bad_numbers - 1)
+        odd = pd.DataFrame(
+            {"raw_record": [text for _, _, text in malformed], "field_count": [n for _, n, _ in malformed]},
+            index=bad_numbers,
+        )
+        frame = pd.concat([frame, odd]).sort_index()
+        frame.index = pd.RangeIndex(len(frame))
+        frame = frame.astype({name: TEXT_DTYPE for name in frame.columns[:-2]} | {"field_count": "Int64"})
+    frame.insert(0, "source_row", numbers)
     return frame
+
+
+TEXT_DTYPE = pd.StringDtype("pyarrow", na_value=np.nan)
+READ_BLOCK_BYTES = 1 << 20
+
+
+def read_records(path: Path, fields: int, encoding: str) -> tuple[pa.Table, list[tuple[int, int, str]]]:
+    """(the records with `fields` fields, as text columns; [(record number, field count, raw
+    text)] of the others), parsed by pyarrow's multi-threaded reader.
+
+    A record's number is known only to the single-threaded reader, so a file with malformed
+    records (rare) is read a second time with one thread. A record larger than the read block
+    (a 3 MB value) is read with a larger block."""
+    block = READ_BLOCK_BYTES
+    threaded = True
+    while True:
+        malformed: list[tuple[int | None, int, str]] = []
+
+        def keep_malformed(row) -> str:
+            # pyarrow numbers records from 1 with the header as the first; empty lines are not counted.
+            malformed.append((None if row.number is None else row.number - 1, row.actual_columns, row.text))
+            return "skip"
+
+        try:
+            records = pacsv.read_csv(
+                path,
+                read_options=pacsv.ReadOptions(
+                    autogenerate_column_names=True, encoding=arrow_encoding(encoding),
+                    use_threads=threaded, block_size=block,
+                ),
+                parse_options=pacsv.ParseOptions(
+                    newlines_in_values=True, ignore_empty_lines=True, invalid_row_handler=keep_malformed,
+                ),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={f"f{i}": pa.string() for i in range(fields)},
+                    strings_can_be_null=False, quoted_strings_can_be_null=False,
+                ),
+            )
+        except pa.ArrowInvalid as exc:
+            if "straddl" in str(exc) and block < path.stat().st_size:
+                block *= 16
+                continue
+            raise malformed_file(path, encoding, exc) from None
+        if malformed and threaded:
+            threaded = False
+            continue
+        return records.slice(1), malformed  # the first record is the header
+
+
+def arrow_encoding(encoding: str) -> str:
+    return "utf8" if common.python_encoding(encoding) == "utf-8-sig" else encoding
+
+
+def not_encoded(path: Path, encoding: str, exc: UnicodeDecodeError) -> common.ConfigError:
+    return common.ConfigError(
+        f"{path.name} is not {encoding} text ({exc.reason} at byte {exc.start}); "
+        "convert it (iconv -f latin1 -t utf-8) or pass --encoding latin-1"
+    )
+
+
+def malformed_file(path: Path, encoding: str, exc: Exception) -> common.ConfigError:
+    """The refusal for a file pyarrow cannot read: bytes that are not `encoding` (named with
+    the offset Python's decoder finds), or another parse error."""
+    decoder = codecs.getincrementaldecoder(common.python_encoding(encoding))()
+    offset = 0
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as bad:
+                return not_encoded(path, encoding, UnicodeDecodeError(
+                    bad.encoding, bad.object, offset + bad.start, offset + bad.end, bad.reason))
+            offset += len(block)
+    return common.ConfigError(f"{path.name} is not a well-formed CSV file: {common.first_line(exc)}")
 
 
 def unique_header(header: list[str], path: Path) -> list[str]:
@@ -184,13 +240,13 @@ class Table:
     imputed: pd.Series = field(init=False)
 
     def __post_init__(self):
-        columns = [c for c in self.raw.columns if c != "source_row"]
         self.clean = pd.DataFrame(index=self.raw.index)
-        for column in columns:
-            self.clean[column] = trim_text(self.raw[column])
+        for column in common.REQUIRED_COLUMNS[self.name]:
+            self.clean[column] = trim_text(normalise_text(self.raw[column]))
         self.reason = pd.Series(pd.NA, index=self.raw.index, dtype=object)
         self._ok = np.ones(len(self.raw), dtype=bool)  # kept with reason: isna() at every rule is slow
         self.imputed = pd.Series(False, index=self.raw.index)
+        reject_wrong_field_count(self)
 
     @property
     def ok(self) -> pd.Series:
@@ -214,14 +270,43 @@ class Table:
         return self.clean[self.ok]
 
     def rejected(self) -> pd.DataFrame:
-        rows = self.raw[~self.ok].copy()
+        """The rejected rows as the file wrote them: source_row, the file's columns,
+        reject_reason and raw_record (the text of a record rule wrong_field_count rejected)."""
+        rows = self.raw[~self.ok].drop(columns=["raw_record", "field_count"], errors="ignore")
         rows["reject_reason"] = self.reason[~self.ok]
+        rows["raw_record"] = self.raw["raw_record"][~self.ok] if "raw_record" in self.raw else pd.NA
         return rows
+
+
+def reject_wrong_field_count(table: Table) -> None:
+    """Rule wrong_field_count: a record with more or fewer fields than the header is rejected
+    whole (read_source keeps its text): a short row must not be filled in with made-up values."""
+    if "field_count" in table.raw:
+        counts = table.raw["field_count"]
+        fields = len([c for c in table.raw.columns if c not in ("source_row", "raw_record", "field_count")])
+        table.reject(counts.notna(), f"wrong_field_count: {{}} fields, the header has {fields}", counts)
+
+
+def normalise_text(values: pd.Series) -> pd.Series:
+    """Rule normalise_text: Unicode NFC, so that 'u' + a combining diaeresis equals 'ü'."""
+    text = as_text(values)
+    if pc.all(pc.string_is_ascii(text)).as_py() is not False:
+        return values  # ASCII is NFC already: the usual case costs one scan
+    normal = pc.utf8_normalize(text, "NFC")
+    return pd.Series(normal, index=values.index, dtype=TEXT_DTYPE).mask(values.isna())
+
+
+# Python's str.isspace() characters (a test checks the list): trimmed as str.strip() does.
+WHITE_SPACE_CHARACTERS = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
 
 
 def trim_text(values: pd.Series) -> pd.Series:
     """Rule trim_text: strip surrounding white space; an empty or blank value is missing."""
-    text = values.astype(str).where(values.notna(), "").str.strip()
+    trimmed = pc.utf8_trim(as_text(values), WHITE_SPACE_CHARACTERS)
+    text = pd.Series(trimmed, index=values.index, dtype=TEXT_DTYPE)
     text = text.mask(text == "")
     # A clean column (the usual case) shares the source's memory instead of a second copy.
     return values if text.dtype == values.dtype and text.equals(values) else text
@@ -258,31 +343,34 @@ def reject_nul_bytes(table: Table) -> None:
 
 
 def parse_whole_numbers(values: pd.Series, maximum: int) -> tuple[pd.Series, pd.Series, pd.Series]:
-    """(numbers as int64 or NA, mask of malformed values, mask of values above `maximum`).
+    """(numbers as Int64 or NA, mask of malformed values, mask of values above `maximum`).
 
-    Accepts digits with an optional '.0' tail (pandas writes 2.0 for an int column with
-    gaps); anything else (signs, decimals, letters) is malformed.
-    """
-    text = values.fillna("")
-    plain = text.str.fullmatch(r"[0-9]{1,18}")  # the common shape, converted without a regex per row
-    numbers = text.where(plain).astype("Int64")
-    too_big = plain & (numbers > maximum)
-    malformed = values.notna() & ~plain
-    if malformed.any():
-        rest = text[malformed]
-        digits = rest.str.extract(r"^\+?0*([0-9]+)(?:\.0*)?$", expand=False)
-        matched = digits.notna()
-        digits = digits.fillna("")
-        longer = (digits.str.len() > len(str(maximum))) | (
-            (digits.str.len() == len(str(maximum))) & (digits > str(maximum))
-        )
-        usable = matched & ~longer
-        numbers[usable[usable].index] = digits[usable].astype("int64")
-        too_big |= (matched & longer).reindex(values.index, fill_value=False)
-        malformed &= ~matched.reindex(values.index, fill_value=False)
-    if too_big.any():
-        numbers[too_big] = pd.NA
-    return numbers, malformed, too_big
+    A whole number is the digits 0-9, optionally followed by a point and zeros (pandas
+    writes 2.0 for an int column with gaps); anything else (signs, decimals, letters) is
+    malformed. Missing values are neither."""
+    parts = pc.extract_regex(as_text(values), r"^0*(?P<digits>[0-9]+?)(?:\.0*)?$")
+    digits = pc.struct_field(parts, "digits")
+    malformed = pc.and_(pc.is_null(digits), pc.not_equal(as_text(values), ""))
+    limit = str(maximum)
+    length = pc.utf8_length(digits)
+    too_big = pc.fill_null(pc.or_(
+        pc.greater(length, len(limit)),
+        pc.and_(pc.equal(length, len(limit)), pc.greater(digits, limit)),
+    ), False)
+    fits = pc.if_else(too_big, None, digits)
+    numbers = int_series(pc.cast(fits, pa.int64()), values.index)
+    return numbers, as_mask(malformed, values.index), as_mask(too_big, values.index)
+
+
+def int_series(values: pa.Array, index: pd.Index) -> pd.Series:
+    """An int64 pyarrow array as a pandas Int64 series (null is NA)."""
+    data = pc.fill_null(values, 0).to_numpy(zero_copy_only=False)
+    return pd.Series(pd.arrays.IntegerArray(data, pc.is_null(values).to_numpy(zero_copy_only=False)), index=index)
+
+
+def as_mask(values: pa.Array, index: pd.Index) -> pd.Series:
+    """A boolean pyarrow array as a pandas mask (null is False)."""
+    return pd.Series(pc.fill_null(values, False).to_numpy(zero_copy_only=False), index=index)
 
 
 def parse_key(table: Table, column: str) -> pd.Series:
@@ -306,7 +394,7 @@ def reject_duplicates(table: Table, column: str, values: pd.Series, code: str) -
         repeated.reindex(table.raw.index, fill_value=False),
         f"{code}: {column} {{}} already at row {{}}",
         quoted(candidates.astype(str).reindex(table.raw.index)),
-        first_row.reindex(table.raw.index),
+        first_row.reindex(table.raw.index).astype("Int64"),
     )
 
 
@@ -377,7 +465,8 @@ def reject_unknown_seasons(table: Table) -> None:
 
 
 def cleanse_bookings(raw: pd.DataFrame) -> Table:
-    """The row rules of bookings; references and imputation follow in resolve_bookings()."""
+    """The row rules of bookings; references, duplicates and imputation follow in
+    resolve_bookings()."""
     table = Table("booking", raw)
     reject_missing(table, NOT_NULL["booking"])
     reject_nul_bytes(table)
@@ -386,7 +475,6 @@ def cleanse_bookings(raw: pd.DataFrame) -> Table:
     table.clean["booking_date"] = parse_dates(table)
     passengers, passengers_missing = parse_passengers(table)
     cents, cost_missing = parse_costs(table)
-    reject_duplicates(table, "booking_id", ids, "duplicate_key")
     table.clean["booking_id"] = ids
     table.clean["customer_id"] = customer_ids
     table.clean["number_of_passengers"] = passengers
@@ -396,37 +484,42 @@ def cleanse_bookings(raw: pd.DataFrame) -> Table:
     return table
 
 
-DATE_FORMATS = (
-    # ISO, optionally with a time (and zone): the date part is taken as written.
-    (re.compile(r"([0-9]{4})-([0-9]{1,2})-([0-9]{1,2})(?:[T ][0-9]{1,2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?\s*(?:Z|[+-][0-9]{2}:?[0-9]{2})?)?"), "ymd"),
-    (re.compile(r"([0-9]{4})/([0-9]{1,2})/([0-9]{1,2})"), "ymd"),
-    (re.compile(r"([A-Za-z]+)\.? ([0-9]{1,2}),? ([0-9]{4})"), "mdy"),  # June 3, 2023
-    (re.compile(r"([0-9]{1,2}) ([A-Za-z]+)\.?,? ([0-9]{4})"), "dmy"),  # 3 June 2023
+_TIME = (
+    r"(?:[T ](?P<hour>[0-9]{1,2}):(?P<minute>[0-9]{2})(?::(?P<second>[0-9]{2})(?:\.[0-9]+)?)?"
+    r"(?: ?(?:Z|[+-](?P<zone_hour>[0-9]{2})(?::?(?P<zone_minute>[0-9]{2}))?))?)?"
 )
-FIXED_WIDTH_DATES = (
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}",
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?(?:Z|[+-][0-9]{2}:?[0-9]{2})?",
-    r"[0-9]{4}/[0-9]{2}/[0-9]{2}",
+# The accepted shapes (README, rule 7 "dates"), each with named parts; the month is a
+# number or a name. The date part is taken as written: a time zone never moves it.
+DATE_SHAPES = (
+    rf"^(?P<year>[0-9]{{4}})-(?P<month>[0-9]{{1,2}})-(?P<day>[0-9]{{1,2}}){_TIME}$",
+    rf"^(?P<year>[0-9]{{4}})/(?P<month>[0-9]{{1,2}})/(?P<day>[0-9]{{1,2}}){_TIME}$",
+    r"^(?P<month>[A-Za-z]+)\.? (?P<day>[0-9]{1,2}),? (?P<year>[0-9]{4})$",  # June 3, 2023
+    r"^(?P<day>[0-9]{1,2}) (?P<month>[A-Za-z]+)\.?,? (?P<year>[0-9]{4})$",  # 3 June 2023
 )
-NAMED_MONTH_DATES = ("%B %d, %Y",)
-AMBIGUOUS_DATE = re.compile(r"[0-9]{1,2}[/.-][0-9]{1,2}[/.-][0-9]{2,4}")
+AMBIGUOUS_DATE = r"^[0-9]{1,2}[/.-][0-9]{1,2}[/.-][0-9]{2,4}$"
+DATE_PARTS = ("year", "month", "day", "hour", "minute", "second", "zone_hour", "zone_minute")
+# The largest value of each time part; a larger one is an impossible time.
+TIME_LIMITS = {"hour": 23, "minute": 59, "second": 59, "zone_hour": 23, "zone_minute": 59}
 
 
 def parse_dates(table: Table, column: str = "booking_date") -> pd.Series:
-    """Rules invalid_date / ambiguous_date / impossible_date / date_out_of_range.
+    """Rules ambiguous_date / invalid_date / impossible_date / date_out_of_range.
 
-    Accepted: 2023-06-02, 2023-06-02T10:30:00(+02:00), 2023/06/02, June 3, 2023 (or Jun),
-    3 June 2023. 02/06/2023 is refused as ambiguous (day and month order unknown).
     Returns ISO text (YYYY-MM-DD): dates stay text until PostgreSQL stores them as DATE.
     Each distinct text is parsed once: a million bookings carry a few thousand dates.
     """
     codes, distinct = pd.factorize(table.clean[column])
+    parts, matched = date_parts(pa.array(distinct, type=pa.string()))
     text = pd.Series(distinct, dtype=object)
-    year, month, day, unmatched = date_parts(text)
-    ambiguous = unmatched & text.str.fullmatch(AMBIGUOUS_DATE.pattern).astype(bool)
-    matched = year.notna()
+    unmatched = ~matched
+    ambiguous = unmatched & text.str.fullmatch(AMBIGUOUS_DATE).astype(bool)
+    month = parts["month"]
     bad_month = matched & month.isna()  # a month name we do not know
-    valid = matched & ~bad_month & (month >= 1) & (month <= 12) & (day >= 1) & (day <= days_in_month(year, month))
+    valid = matched & ~bad_month & (month >= 1) & (month <= 12) & (parts["day"] >= 1) & (
+        parts["day"] <= days_in_month(parts["year"], month))
+    for name, limit in TIME_LIMITS.items():
+        valid &= ~(parts[name] > limit).fillna(False)
+    year = parts["year"]
     out_of_range = valid & ((year < DATE_MIN) | (year > DATE_MAX))
     shown = quoted(table.raw[column])
     rows = table.raw.index
@@ -435,7 +528,7 @@ def parse_dates(table: Table, column: str = "booking_date") -> pd.Series:
     table.reject(spread(bad_month, codes, rows), "invalid_date: {} has an unknown month name", shown)
     table.reject(spread(matched & ~bad_month & ~valid, codes, rows), "impossible_date: {} does not exist", shown)
     table.reject(spread(out_of_range, codes, rows), "date_out_of_range: {}", shown)
-    iso = spread(iso_dates(year, month, day, valid), codes, rows, pd.NA)
+    iso = spread(iso_dates(year, month, parts["day"], valid), codes, rows, pd.NA)
     return iso.where(table.ok, pd.NA)
 
 
@@ -445,50 +538,26 @@ def spread(values: pd.Series, codes: np.ndarray, index: pd.Index, missing=False)
     return pd.Series(np.append(values.to_numpy(), [missing])[codes], index=index)
 
 
-def date_parts(text: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series, pd.Series]:
-    """(year, month, day, unmatched) of date texts (no missing values); NaN where not parsed,
-    month NaN alone for an unknown month name."""
-    year = pd.Series(np.nan, index=text.index)
-    month = year.copy()
-    day = year.copy()
-    unmatched = pd.Series(True, index=text.index)
-    # Fast paths: fixed-width numeric shapes cut into numbers, then named months parsed in C.
-    for shape in FIXED_WIDTH_DATES:
-        if not unmatched.any():
-            break
-        hit = unmatched & text.fillna("").str.fullmatch(shape)
-        if hit.any():
-            found = text[hit]
-            year[hit] = found.str.slice(0, 4).astype("int64")
-            month[hit] = found.str.slice(5, 7).astype("int64")
-            day[hit] = found.str.slice(8, 10).astype("int64")
-            unmatched &= ~hit
-    for fmt in NAMED_MONTH_DATES:
-        if not unmatched.any():
-            break
-        parsed = pd.to_datetime(text[unmatched], format=fmt, errors="coerce")
-        parsed = parsed[parsed.notna()]
-        year[parsed.index], month[parsed.index], day[parsed.index] = (
-            parsed.dt.year, parsed.dt.month, parsed.dt.day,
-        )
-        unmatched[parsed.index] = False
-    # Slow path, for the rest: every accepted shape, told apart from impossible dates.
-    for pattern, order in DATE_FORMATS:
-        if not unmatched.any():
-            break
-        parts = text[unmatched].str.extract(f"^{pattern.pattern}$")
-        parts = parts[parts.notna().all(axis=1)]
-        if order == "ymd":
-            y, m, d = parts[0], parts[1], parts[2]
-        elif order == "mdy":
-            y, m, d = parts[2], parts[0].str.lower().map(MONTHS), parts[1]
-        else:
-            y, m, d = parts[2], parts[1].str.lower().map(MONTHS), parts[0]
-        year[parts.index], month[parts.index], day[parts.index] = (
-            pd.to_numeric(y), pd.to_numeric(m), pd.to_numeric(d),
-        )
-        unmatched[parts.index] = False
-    return year, month, day, unmatched
+def date_parts(text: pa.Array) -> tuple[dict[str, pd.Series], pd.Series]:
+    """({part: float values, NaN where absent}, mask of texts in an accepted shape) of date
+    texts; a month name is turned into its number (NaN when not a month)."""
+    parts = {name: pd.Series(np.nan, index=range(len(text))) for name in DATE_PARTS}
+    matched = pd.Series(False, index=range(len(text)))
+    for shape in DATE_SHAPES:
+        found = pc.extract_regex(text, shape)
+        hit = pc.fill_null(pc.is_valid(found), False).to_numpy(zero_copy_only=False) & ~matched.to_numpy()
+        if not hit.any():
+            continue
+        found = found.filter(pa.array(hit))
+        for name in (field.name for field in found.type):
+            values = pc.struct_field(found, name).to_pandas()
+            if name == "month" and not values.str.isdigit().all():
+                numbers = values.str.lower().map(MONTHS)
+            else:
+                numbers = pd.to_numeric(values.replace("", np.nan))
+            parts[name][hit] = numbers.to_numpy(dtype=float)
+        matched |= hit
+    return parts, matched
 
 
 def iso_dates(year: pd.Series, month: pd.Series, day: pd.Series, good: pd.Series) -> pd.Series:
@@ -529,52 +598,39 @@ def parse_passengers(table: Table) -> tuple[pd.Series, pd.Series]:
     return numbers, missing
 
 
+COST_DIGITS = 10  # NUMERIC(12,2): ten digits before the point
+MONEY_SHAPE = r"^(?P<sign>-?)0*(?P<units>[0-9]*?)(?:\.(?P<cents>[0-9]{0,2})(?P<rest>[0-9]*))?$"
+
+
 def parse_costs(table: Table) -> tuple[pd.Series, pd.Series]:
     """Rules invalid_number / negative_cost / too_many_decimals / out_of_range for money.
 
-    cost_per_passenger is parsed as text into whole cents (no float ever touches money).
-    Up to two decimals; trailing zeros beyond them are fine (10.500). Currency symbols,
-    thousands separators and exponents are refused rather than guessed. Missing values are
-    imputed later, from the median of the accepted rows.
-    """
+    cost_per_passenger is parsed as text into whole cents (no float ever touches money):
+    digits with an optional point and decimals, at least one digit; `10.500` is fine,
+    `10.005` is not. Currency symbols, thousands separators and exponents are refused
+    rather than guessed. Missing values are imputed later, from the median of the accepted
+    rows. Returns (cents as Int64, mask of missing costs)."""
     text = table.clean["cost_per_passenger"]
-    missing = text.isna()
-    # Fast path: '123.45' and '123', the shapes nearly every row has.
-    two_places = text.fillna("").str.fullmatch(r"[0-9]{1,10}\.[0-9]{2}")
-    cents = text.where(two_places).str.replace(".", "", regex=False).astype("Int64")
-    whole_units = text.fillna("").str.fullmatch(r"[0-9]{1,10}")
-    if whole_units.any():
-        cents = cents.where(~whole_units, text.where(whole_units).astype("Int64") * 100)
-    rest = ~missing & ~two_places & ~whole_units
-    if rest.any():
-        cents[rest[rest].index] = parse_other_costs(table, text[rest])
-    return cents, missing
-
-
-def parse_other_costs(table: Table, text: pd.Series) -> pd.Series:
-    """Cents for the amounts not in the common shapes; rejects the malformed ones."""
-    parts = text.str.extract(r"^(-?)([0-9]*)(?:\.([0-9]*))?$")
-    shaped = parts[1].notna() & ((parts[1] != "") | (parts[2].fillna("") != ""))
-    negative = shaped & (parts[0] == "-")
-    integer = parts[1].fillna("").str.lstrip("0")
-    fraction = parts[2].fillna("")
-    shown = quoted(table.raw["cost_per_passenger"])
-    rows = text.index
+    source = as_text(text)
+    parts = pc.extract_regex(source, MONEY_SHAPE)
+    units, cents, rest = (pc.struct_field(parts, name) for name in ("units", "cents", "rest"))
+    has_digit = pc.match_substring_regex(source, "[0-9]")
+    shaped = pc.fill_null(pc.and_(pc.is_valid(units), has_digit), False)
     checks = [
-        (~shaped, "invalid_number: cost_per_passenger {} is not a plain amount"),
-        (negative, "negative_cost: cost_per_passenger {} is below zero"),
-        (shaped & fraction.str.slice(2).str.contains(r"[1-9]"), "too_many_decimals: cost_per_passenger {} has fractions of a cent"),
-        (shaped & (integer.str.len() > 10), "out_of_range: cost_per_passenger {} is too large"),
+        (pc.invert(shaped), "invalid_number: cost_per_passenger {} is not a plain amount"),
+        (pc.equal(pc.struct_field(parts, "sign"), "-"), "negative_cost: cost_per_passenger {} is below zero"),
+        (pc.match_substring_regex(rest, "[1-9]"), "too_many_decimals: cost_per_passenger {} has fractions of a cent"),
+        (pc.greater(pc.utf8_length(units), COST_DIGITS), "out_of_range: cost_per_passenger {} is too large"),
     ]
+    missing = text.isna()
+    shown = quoted(table.raw["cost_per_passenger"])
     for mask, template in checks:
-        table.reject(mask.reindex(table.raw.index, fill_value=False), template, shown)
-    usable = shaped & table.ok[rows]
-    cents = pd.Series(pd.NA, index=rows, dtype="Int64")
-    if usable.any():
-        whole = integer[usable].replace("", "0").astype("int64")
-        frac = fraction[usable].str.slice(0, 2).str.ljust(2, "0").astype("int64")
-        cents[usable] = whole * 100 + frac
-    return cents
+        table.reject(as_mask(mask, text.index) & ~missing, template, shown)
+    usable = pc.and_(shaped, pa.array(table.ok.to_numpy() & ~missing.to_numpy()))
+    whole = pc.cast(pc.if_else(pc.and_(usable, pc.not_equal(units, "")), units, "0"), pa.int64())
+    fraction = pc.cast(pc.if_else(usable, pc.utf8_rpad(pc.fill_null(cents, ""), 2, "0"), "0"), pa.int64())
+    amount = pc.add(pc.multiply(whole, 100), fraction)
+    return int_series(pc.if_else(usable, amount, None), text.index), missing
 
 
 def destination_lookup(destinations: pd.DataFrame) -> tuple[dict[str, int], dict[str, list[int]]]:
@@ -588,7 +644,9 @@ def destination_lookup(destinations: pd.DataFrame) -> tuple[dict[str, int], dict
 
 def name_key(names: pd.Series) -> pd.Series:
     """Names compare case- and space-insensitively: ' new  YORK ' is 'new york'."""
-    return names.fillna("").str.casefold().str.replace(r"\s+", " ", regex=True).str.strip()
+    folded = pa.array(pd.Series(pc.utf8_normalize(as_text(names), "NFC"), dtype=object).str.casefold(), pa.string())
+    spaced = pc.replace_substring_regex(folded, f"[{WHITE_SPACE}]+", " ")
+    return pd.Series(pc.utf8_trim(spaced, " "), index=names.index, dtype=TEXT_DTYPE)
 
 
 def resolve_destinations(table: Table, destinations: pd.DataFrame) -> None:
@@ -647,7 +705,8 @@ def add_total_value(table: Table) -> None:
     ok = table.ok
     passengers = table.clean["number_of_passengers"].where(ok, 0).fillna(0).astype("int64")
     cents = table.clean["cost_cents"].where(ok, 0).fillna(0).astype("int64")
-    overflow = (passengers.astype(float) * cents.astype(float)) > MAX_TOTAL_CENTS
+    # Exact in int64: passengers x cents > MAX  <=>  passengers > MAX // cents (cents > 0).
+    overflow = (cents > 0) & (passengers > MAX_TOTAL_CENTS // cents.clip(lower=1))
     table.reject(overflow, "out_of_range: total_booking_value is too large")
     total = passengers.where(~overflow, 0) * cents.where(~overflow, 0)
     table.clean["cost_per_passenger"] = cents_to_text(cents)
@@ -664,9 +723,10 @@ def cents_to_text(cents: pd.Series) -> pd.Series:
 
 
 def resolve_bookings(table: Table, destinations: pd.DataFrame, known_customer_ids: Iterable[int]) -> None:
-    """Reference rules, then imputation of the cost and the total value."""
+    """Reference rules, duplicate_key, then imputation of the cost and the total value."""
     resolve_destinations(table, destinations)
     reject_unknown_customers(table, known_customer_ids)
+    reject_duplicates(table, "booking_id", table.clean["booking_id"], "duplicate_key")
     impute_costs(table)
     add_total_value(table)
     table.imputed = (table.clean["passengers_imputed"] | table.clean["cost_imputed"]) & table.ok
@@ -749,9 +809,19 @@ def check_reject_rates(summaries: dict[str, TableSummary], max_rate: float) -> N
             )
 
 
+def make_rejects_dir(rejects_dir: Path) -> None:
+    """Create REJECTS_DIR before anything is read, so that a bad one stops the load early."""
+    try:
+        rejects_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise common.ConfigError(f"REJECTS_DIR {rejects_dir} is a file, not a folder; set REJECTS_DIR or --rejects-dir to a folder") from None
+    except OSError as exc:
+        raise common.ConfigError(f"cannot create REJECTS_DIR {rejects_dir}: {exc.strerror}") from None
+
+
 def write_rejects(tables: Sequence[Table], rejects_dir: Path) -> dict[str, Path]:
-    """One CSV per table (original row, source_row, reject_reason), replaced atomically."""
-    rejects_dir.mkdir(parents=True, exist_ok=True)
+    """One CSV per table (source_row, the row as written, reject_reason, raw_record), replaced atomically."""
+    make_rejects_dir(rejects_dir)
     written = {}
     for table in tables:
         target = rejects_dir / f"{table.name}_rejects.csv"
@@ -851,11 +921,27 @@ def stored_rows(cur, table: str) -> pa.Table:
 
 
 def read_stored_csv(source, table: str) -> pa.Table:
-    """PostgreSQL's CSV rendering of `table`'s LOAD_COLUMNS, typed as LOAD_SCHEMAS."""
+    """PostgreSQL's CSV rendering of `table`'s LOAD_COLUMNS, typed as LOAD_SCHEMAS.
+
+    `source` is a seekable file. A stored row larger than the read block (a 3 MB name) is
+    read again with a larger block: pyarrow refuses a record that straddles two blocks."""
+    block = READ_BLOCK_BYTES
+    while True:
+        try:
+            return read_stored_blocks(source, table, block)
+        except pa.ArrowInvalid as exc:
+            size = source.seek(0, os.SEEK_END)
+            if "straddl" not in str(exc) or block > size:
+                raise
+            source.seek(0)
+            block *= 16
+
+
+def read_stored_blocks(source, table: str, block: int) -> pa.Table:
     columns = LOAD_COLUMNS[table]
     return pacsv.read_csv(
         source,
-        read_options=pacsv.ReadOptions(column_names=list(columns)),
+        read_options=pacsv.ReadOptions(column_names=list(columns), block_size=block),
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(
             column_types=LOAD_SCHEMAS[table], true_values=["t"], false_values=["f"],
@@ -954,25 +1040,30 @@ def stage_customers(cur, customers: Table, stored: pa.Table) -> np.ndarray:
 
 
 def reject_emails_in_use(cur, table: Table) -> None:
-    """Rule email_in_use: an e-mail already held by another stored customer (who keeps it)
+    """Rule email_in_use: an e-mail already held by another stored customer who keeps it
     cannot be given to this one. Needs stage_customer filled with the accepted customers that
-    are new or changed (an unchanged one holds its own address already)."""
-    cur.execute(
-        """
-        SELECT s.customer_id, c.customer_id
-        FROM stage_customer s
-        JOIN customer c ON c.email = s.email AND c.customer_id <> s.customer_id
-        WHERE NOT EXISTS (
-            SELECT 1 FROM stage_customer moved
-            WHERE moved.customer_id = c.customer_id AND moved.email <> c.email)
-        """
-    )
-    holders = dict(cur.fetchall())
-    if not holders:
-        return
-    holder = table.clean["customer_id"].map(holders).astype("Int64")
-    table.reject(holder.notna(), "email_in_use: {} belongs to customer_id {}", quoted(table.clean["email"]), holder)
-    cur.execute("DELETE FROM stage_customer WHERE customer_id = ANY(%s)", (list(holders),))
+    are new or changed (an unchanged one holds its own address already).
+
+    A holder keeps its address when it does not move away in stage_customer; a holder whose
+    own move is rejected keeps it too, so the rule repeats until nothing changes (a chain:
+    1 takes 2's address, 2 takes the address of 3, who stays: both 2 and 1 are rejected)."""
+    while True:
+        cur.execute(
+            """
+            SELECT s.customer_id, c.customer_id
+            FROM stage_customer s
+            JOIN customer c ON c.email = s.email AND c.customer_id <> s.customer_id
+            WHERE NOT EXISTS (
+                SELECT 1 FROM stage_customer moved
+                WHERE moved.customer_id = c.customer_id AND moved.email <> c.email)
+            """
+        )
+        holders = dict(cur.fetchall())
+        if not holders:
+            return
+        holder = table.clean["customer_id"].map(holders).astype("Int64")
+        table.reject(holder.notna(), "email_in_use: {} belongs to customer_id {}", quoted(table.clean["email"]), holder)
+        cur.execute("DELETE FROM stage_customer WHERE customer_id = ANY(%s)", (list(holders),))
 
 
 def upsert(cur, table: str) -> tuple[int, int]:
@@ -1077,6 +1168,7 @@ def transform_and_load(settings: common.Settings, args) -> int:
     rejects_dir = Path(args.rejects_dir) if args.rejects_dir else settings.rejects_dir
     max_rate = settings.max_reject_rate if args.max_reject_rate is None else args.max_reject_rate
     paths = {name: data_dir / f"{name}.csv" for name in common.TABLES}
+    make_rejects_dir(rejects_dir)
     raw = {name: read_source(paths[name], name, args.encoding) for name in common.TABLES}
     log.info("read %s", ", ".join(f"{len(frame)} {name} rows" for name, frame in raw.items()))
 
