@@ -50,6 +50,19 @@ CREATE TABLE IF NOT EXISTS booking (
         CHECK (total_booking_value = cost_per_passenger * number_of_passengers)
 );
 
+-- The largest total value, the limit stage 3 checks in integer cents and the Lambda shares
+-- (tests/test_schema.py checks the three agree). Added apart from CREATE TABLE so that a
+-- database created before it gains it too; NOT VALID: rows stored earlier are not rechecked.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint
+                   WHERE conrelid = 'booking'::regclass AND conname = 'booking_total_value_limit') THEN
+        ALTER TABLE booking ADD CONSTRAINT booking_total_value_limit
+            CHECK (total_booking_value <= 9999999999999999.99) NOT VALID;
+    END IF;
+END
+$$;
+
 CREATE INDEX IF NOT EXISTS booking_customer_id_idx ON booking (customer_id);
 CREATE INDEX IF NOT EXISTS booking_destination_id_idx ON booking (destination_id);
 
