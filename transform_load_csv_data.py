@@ -348,8 +348,8 @@ def parse_whole_numbers(values: pd.Series, maximum: int) -> tuple[pd.Series, pd.
     A whole number is the digits 0-9, optionally followed by a point and zeros (pandas
     writes 2.0 for an int column with gaps); anything else (signs, decimals, letters) is
     malformed. Missing values are neither."""
-    parts = pc.extract_regex(as_text(values), r"^0*(?P<digits>[0-9]+?)(?:\.0*)?$")
-    digits = pc.struct_field(parts, "digits")
+    parts = pc.extract_regex(as_text(values), r"^(?P<digits>[0-9]+)(?:\.0*)?$")
+    digits = without_leading_zeros(pc.struct_field(parts, "digits"))
     malformed = pc.and_(pc.is_null(digits), pc.not_equal(as_text(values), ""))
     limit = str(maximum)
     length = pc.utf8_length(digits)
@@ -366,6 +366,12 @@ def int_series(values: pa.Array, index: pd.Index) -> pd.Series:
     """An int64 pyarrow array as a pandas Int64 series (null is NA)."""
     data = pc.fill_null(values, 0).to_numpy(zero_copy_only=False)
     return pd.Series(pd.arrays.IntegerArray(data, pc.is_null(values).to_numpy(zero_copy_only=False)), index=index)
+
+
+def without_leading_zeros(digits: pa.Array) -> pa.Array:
+    """'007' -> '7', '000' -> '0' (null stays null)."""
+    trimmed = pc.utf8_ltrim(digits, "0")
+    return pc.if_else(pc.equal(trimmed, ""), pc.if_else(pc.equal(digits, ""), "", "0"), trimmed)
 
 
 def as_mask(values: pa.Array, index: pd.Index) -> pd.Series:
@@ -599,7 +605,7 @@ def parse_passengers(table: Table) -> tuple[pd.Series, pd.Series]:
 
 
 COST_DIGITS = 10  # NUMERIC(12,2): ten digits before the point
-MONEY_SHAPE = r"^(?P<sign>-?)0*(?P<units>[0-9]*?)(?:\.(?P<cents>[0-9]{0,2})(?P<rest>[0-9]*))?$"
+MONEY_SHAPE = r"^(?P<sign>-?)(?P<units>[0-9]*)(?:\.(?P<cents>[0-9]{0,2})(?P<rest>[0-9]*))?$"
 
 
 def parse_costs(table: Table) -> tuple[pd.Series, pd.Series]:
@@ -614,6 +620,7 @@ def parse_costs(table: Table) -> tuple[pd.Series, pd.Series]:
     source = as_text(text)
     parts = pc.extract_regex(source, MONEY_SHAPE)
     units, cents, rest = (pc.struct_field(parts, name) for name in ("units", "cents", "rest"))
+    units = pc.utf8_ltrim(units, "0")  # '' for '0' and '.5': zero units
     has_digit = pc.match_substring_regex(source, "[0-9]")
     shaped = pc.fill_null(pc.and_(pc.is_valid(units), has_digit), False)
     checks = [
