@@ -133,6 +133,14 @@ def test_cleanse_destinations_rejects_unknown_season_and_duplicates():
         ("2023-06-02T23:30:00+02:00", "2023-06-02"),
         ("2024-02-29", "2024-02-29"),
         (" 2023-6-2 ", "2023-06-02"),
+        ("2024-06-02T10:30:00+02", "2024-06-02"),
+        ("2024-06-02T10:30:00+0200", "2024-06-02"),
+        ("2024-06-02 10:30:00.5 Z", "2024-06-02"),
+        ("2024/06/02 10:00", "2024-06-02"),
+        ("2024/06/02T23:59:59-11:30", "2024-06-02"),
+        ("Jun. 3, 2023", "2023-06-03"),
+        ("sept 3 2023", "2023-09-03"),
+        ("3 Jun., 2023", "2023-06-03"),
     ],
 )
 def test_cleanse_bookings_parses_mixed_date_formats(text, iso):
@@ -150,6 +158,12 @@ def test_cleanse_bookings_parses_mixed_date_formats(text, iso):
         ("yesterday", "invalid_date"),
         ("Juno 3, 2023", "invalid_date"),
         ("1850-01-01", "date_out_of_range"),
+        ("2024-06-02T25:99:00", "impossible_date"),
+        ("2024-06-02T10:30:60", "impossible_date"),
+        ("2024-06-02T10:30+24:00", "impossible_date"),
+        ("2024-06-02T10", "invalid_date"),
+        ("2024-06-02  10:30", "invalid_date"),
+        ("June  3, 2023", "invalid_date"),
         ("", "missing_field"),
     ],
 )
