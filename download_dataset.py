@@ -10,6 +10,12 @@ when the body is complete and its header has the expected columns, so a failed, 
 or HTML-error download never replaces a good file. Connection errors, timeouts, 429 and 5xx
 answers are retried with exponential backoff (honouring Retry-After); 4xx answers are not.
 
+A body is complete when the bytes received on the wire match Content-Length (the compressed
+size, for a gzip Content-Encoding), or when a chunked body ends with its last chunk. A body
+with neither, which simply ends when the server closes the connection (HTTP/1.0 style), is
+refused: a cut one looks exactly like a whole one. DOWNLOAD_ALLOW_UNSIZED=1 accepts it with
+a warning.
+
 Example:
     python download_dataset.py --dest ./download_dataset
 """
@@ -25,9 +31,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Sequence
 from urllib.parse import unquote, urlparse
 
 import requests
@@ -39,6 +45,7 @@ log = logging.getLogger("data_waddle.download")
 
 CHUNK_SIZE = 1 << 16
 MAX_RETRY_AFTER = 60.0  # seconds: the longest Retry-After honoured; a longer one is cut to this
+ALLOW_UNSIZED = "DOWNLOAD_ALLOW_UNSIZED"
 
 
 class DownloadError(common.PipelineError):
@@ -68,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def download_all(settings: common.Settings, args) -> int:
+    allow_unsized = allow_unsized_setting()
     dest = Path(args.dest) if args.dest else settings.download_dir
     dest.mkdir(parents=True, exist_ok=True)
     failures = 0
@@ -75,7 +83,7 @@ def download_all(settings: common.Settings, args) -> int:
         url = settings.source_urls[table]
         target = dest / f"{table}.csv"
         try:
-            size = fetch_to(url, target, table, settings)
+            size = fetch_to(url, target, table, settings, allow_unsized)
         except common.PipelineError as exc:
             failures += 1
             sys.stderr.write(f"download_dataset: error: {common.redact(exc)}\n")
@@ -84,7 +92,20 @@ def download_all(settings: common.Settings, args) -> int:
     return common.EXIT_FAILURE if failures else common.EXIT_OK
 
 
-def fetch_to(url: str, target: Path, table: str, settings: common.Settings) -> int:
+def allow_unsized_setting(env: Mapping[str, str] | None = None) -> bool:
+    """DOWNLOAD_ALLOW_UNSIZED: 1 accepts a body without Content-Length or chunking, unverified.
+
+    Read here because stage 1 alone uses it; it belongs in common.Settings with the other
+    DOWNLOAD_* settings. Only 0 and 1: a switch that weakens a check is not guessed from
+    "yes" or "on".
+    """
+    raw = (os.environ if env is None else env).get(ALLOW_UNSIZED, "").strip()
+    if raw not in ("", "0", "1"):
+        raise common.ConfigError(f"{ALLOW_UNSIZED} must be 0 or 1, got {raw!r}")
+    return raw == "1"
+
+
+def fetch_to(url: str, target: Path, table: str, settings: common.Settings, allow_unsized: bool = False) -> int:
     """Fetch `url` into `target` atomically; return the size written."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     tmp = Path(tmp_name)
@@ -93,7 +114,7 @@ def fetch_to(url: str, target: Path, table: str, settings: common.Settings) -> i
             if is_local(url):
                 copy_local(local_path(url), out, url)
             else:
-                fetch_http(url, out, settings)
+                fetch_http(url, out, settings, allow_unsized)
         check_csv(tmp, table, url)
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
@@ -120,14 +141,14 @@ def copy_local(path: Path, out, url: str) -> None:
         raise DownloadError(f"{url}: cannot read: {exc.strerror or exc}") from None
 
 
-def fetch_http(url: str, out, settings: common.Settings) -> None:
+def fetch_http(url: str, out, settings: common.Settings, allow_unsized: bool = False) -> None:
     """Stream `url` into `out`, retrying transient failures with exponential backoff."""
     attempts = settings.download_retries + 1
     for attempt in range(1, attempts + 1):
         try:
             out.seek(0)
             out.truncate()
-            stream_once(url, out, settings.download_timeout)
+            stream_once(url, out, settings.download_timeout, allow_unsized)
             return
         except _Retryable as exc:
             if attempt == attempts:
@@ -145,19 +166,28 @@ def backoff_delay(attempt: int, base: float, retry_after: float | None) -> float
     return delay
 
 
-def stream_once(url: str, out, timeout: float) -> None:
+def stream_once(url: str, out, timeout: float, allow_unsized: bool = False) -> None:
     try:
         with requests.get(url, stream=True, timeout=(min(timeout, 10.0), timeout)) as response:
             check_status(response)
             expected = declared_length(response)
-            written = 0
+            if expected is None and not response.raw.chunked:
+                where = url if response.url == url else f"{url} (redirected to {response.url})"
+                check_unsized(where, allow_unsized)
+            # Content-Length counts the bytes on the wire, compressed ones under a gzip
+            # Content-Encoding, and so does response.raw.tell(). Counting the decoded bytes
+            # left gzip unchecked, and zlib hands back a cut gzip stream's prefix without an
+            # error (urllib3 2 raises on a short body itself; urllib3 1.26 does not).
+            seen = 0
             with common.progress(expected, Path(urlparse(url).path).name or url) as bar:
                 for chunk in response.iter_content(CHUNK_SIZE):
                     out.write(chunk)
-                    written += len(chunk)
-                    bar.update(len(chunk))
-            if expected is not None and written != expected:
-                raise _Retryable(f"body cut short: {written} of {expected} bytes")
+                    # tell() stays 0 for a chunked body (no total either): count what it yields.
+                    now = response.raw.tell() if expected is not None else seen + len(chunk)
+                    bar.update(now - seen)
+                    seen = now
+            if expected is not None and response.raw.tell() != expected:
+                raise _Retryable(f"body cut short: {response.raw.tell()} of {expected} bytes")
     except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
         raise _Retryable(describe_request_error(exc)) from None
     except requests.RequestException as exc:
@@ -176,13 +206,33 @@ def check_status(response: requests.Response) -> None:
 
 
 def declared_length(response: requests.Response) -> int | None:
-    """Content-Length, when it describes the bytes we receive (not a compressed encoding)."""
-    if response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity"):
+    """The body's size on the wire from Content-Length (the compressed size under a
+    Content-Encoding), or None: no usable Content-Length, or a chunked body, whose last
+    chunk marks its end instead (RFC 9112: Transfer-Encoding overrides Content-Length)."""
+    if response.raw.chunked:
         return None
     try:
-        return int(response.headers["Content-Length"])
+        # "42, 42" is one length repeated (RFC 9110 8.6), as urllib3 reads it.
+        lengths = {int(value) for value in response.headers["Content-Length"].split(",")}
     except (KeyError, ValueError):
         return None
+    length = lengths.pop() if len(lengths) == 1 else -1
+    return length if length >= 0 else None
+
+
+def check_unsized(url: str, allow_unsized: bool) -> None:
+    """A body without Content-Length or chunking ends when the connection closes, so a
+    connection cut mid-row looks like the end of the file (a cost of 400.25 arrived as 40):
+    refused, not retried (the server will not start sending a length), unless opted in."""
+    if not allow_unsized:
+        raise DownloadError(
+            f"{url}: no Content-Length and not chunked, so a body cut short cannot be detected; refused"
+            f" (serve it with a Content-Length, or set {ALLOW_UNSIZED}=1 to accept it unverified)"
+        )
+    log.warning(
+        "%s: no Content-Length and not chunked; accepted because %s=1, but a body cut short cannot be detected",
+        url, ALLOW_UNSIZED,
+    )
 
 
 def parse_retry_after(value: str | None) -> float | None:
