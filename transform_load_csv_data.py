@@ -345,10 +345,10 @@ def reject_nul_bytes(table: Table) -> None:
 def parse_whole_numbers(values: pd.Series, maximum: int) -> tuple[pd.Series, pd.Series, pd.Series]:
     """(numbers as Int64 or NA, mask of malformed values, mask of values above `maximum`).
 
-    A whole number is the digits 0-9, optionally followed by a point and zeros (pandas
+    A whole number is the digits 0-9, optionally followed by a point and one or more zeros (pandas
     writes 2.0 for an int column with gaps); anything else (signs, decimals, letters) is
     malformed. Missing values are neither."""
-    parts = pc.extract_regex(as_text(values), r"^(?P<digits>[0-9]+)(?:\.0*)?$")
+    parts = pc.extract_regex(as_text(values), r"^(?P<digits>[0-9]+)(?:\.0+)?$")
     digits = without_leading_zeros(pc.struct_field(parts, "digits"))
     malformed = pc.and_(pc.is_null(digits), pc.not_equal(as_text(values), ""))
     limit = str(maximum)
