@@ -192,10 +192,18 @@ def parse_id(value: str) -> tuple[str, int | None]:
     return "ok", number
 
 
+def lower_case_email(email: str) -> str:
+    """Rule 7: Python's lower(), the full Unicode mapping ('İ' becomes 'i' + U+0307)."""
+    return email.lower()
+
+
 def email_is_valid(email: str) -> bool:
-    """Rule 7: exactly one @ with text on both sides, a dot in the domain, no white space."""
+    """Rule 7: exactly one @ with text on both sides, a dot in the domain, no white space.
+
+    ASSUMPTION: the dot has text on both sides too ('a@.com' and 'a@com.' are invalid).
+    """
     parts = email.split("@")
-    return (len(parts) == 2 and parts[0] != "" and parts[1] != "" and "." in parts[1]
+    return (len(parts) == 2 and parts[0] != "" and re.search(r".\..", parts[1]) is not None
             and re.search(r"\s", email) is None)
 
 
@@ -215,20 +223,17 @@ NUMERIC_DATE = re.compile(
     r"(?:[T ](?P<hour>[0-9]{2}):(?P<minute>[0-9]{2})(?::(?P<second>[0-9]{2})(?:\.[0-9]+)?)?"
     r"(?: ?(?:Z|[+-](?P<zone_hour>[0-9]{2})(?::?(?P<zone_minute>[0-9]{2}))?))?)?"
 )
-MONTH_FIRST = re.compile(r"(?P<month>[A-Za-z]+)(?P<dot>\.)? (?P<day>[0-9]{1,2}),? (?P<year>[0-9]{4})")
-DAY_FIRST = re.compile(r"(?P<day>[0-9]{1,2}) (?P<month>[A-Za-z]+)(?P<dot>\.)? (?P<year>[0-9]{4})")
+MONTH_FIRST = re.compile(r"(?P<month>[A-Za-z]+)\.? (?P<day>[0-9]{1,2}),? (?P<year>[0-9]{4})")
+DAY_FIRST = re.compile(r"(?P<day>[0-9]{1,2}) (?P<month>[A-Za-z]+)\.?,? (?P<year>[0-9]{4})")
 AMBIGUOUS_DATE = re.compile(r"[0-9]{1,2}/[0-9]{1,2}/[0-9]{4}")
 
 
-def month_number(name: str, dot: bool) -> int | None:
-    """A month's full name, or its three-letter abbreviation with or without a point.
-
-    ASSUMPTION: month names in any case ('june', 'JUN.'); 'May.' is May's abbreviation.
-    """
+def month_number(name: str) -> int | None:
+    """An English month name in any case: full, three letters, or 'Sept'."""
     name = name.lower()
-    if not dot and name in MONTH_NUMBERS:
-        return MONTH_NUMBERS[name]
-    return MONTH_ABBREVIATIONS.get(name)
+    if name == "sept":
+        return 9
+    return MONTH_NUMBERS.get(name) or MONTH_ABBREVIATIONS.get(name)
 
 
 def days_in_month(year: int, month: int) -> int:
@@ -247,7 +252,7 @@ def parse_date(value: str) -> tuple[str, str | None]:
         parts = {name: int(text) for name, text in match.groupdict().items() if text is not None and name != "sep"}
     else:
         match = MONTH_FIRST.fullmatch(value) or DAY_FIRST.fullmatch(value)
-        month = month_number(match["month"], bool(match["dot"])) if match else None
+        month = month_number(match["month"]) if match else None
         if month is None:
             return "invalid_date", None
         parts = {"year": int(match["year"]), "month": month, "day": int(match["day"])}
@@ -406,7 +411,7 @@ def cleanse_customers(rows: list[Row], stored: dict[int, dict]) -> None:
     for row in rows:  # rule 7
         if not row.ok:
             continue
-        row.value["email"] = row.value["email"].lower()
+        row.value["email"] = lower_case_email(row.value["email"])
         if not email_is_valid(row.value["email"]):
             row.refuse("invalid_email", "email")
     reject_duplicates(rows, "customer_id", "duplicate_key")  # rule 10

@@ -8,8 +8,14 @@ each reject's row and reason, and the summary counts.
 
 from __future__ import annotations
 
+import csv
+import io
+import re
+
 import cleansing_model as model
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 CUSTOMER_HEADER = "customer_id,first_name,last_name,email,phone\n"
 DESTINATION_HEADER = "destination_id,destination,country,popular_season\n"
@@ -77,6 +83,8 @@ def test_model_wrong_field_count_keeps_raw_record_and_counts_rows():
     ("1,Ada,Lovelace,a@b@example.com,\n", "invalid_email"),
     ("1,Ada,Lovelace,a\u2003b@example.com,\n", "invalid_email"),
     ("1,Ada,Lovelace,ada@examplecom,\n", "invalid_email"),
+    ("1,Ada,Lovelace,ada@.com,\n", "invalid_email"),
+    ("1,Ada,Lovelace,ada@com.,\n", "invalid_email"),
 ])
 def test_model_rejects_customers(customers, expected):
     assert reasons(model.run_load(files(customers=customers)), "customer") == [(1, expected)]
@@ -107,7 +115,8 @@ def test_model_seasons(season, expected):
     ("Jun. 3, 2023", "2023-06-03"), ("3 June 2023", "2023-06-03"), ("3 Jun. 2023", "2023-06-03"),
     ("2100-12-31", "2100-12-31"), ("1900-01-01", "1900-01-01"),
     ("02/06/2023", "ambiguous_date"), ("2023-06/02", "invalid_date"), ("Juno 3, 2023", "invalid_date"),
-    ("June. 3, 2023", "invalid_date"), ("2023-06-02T10", "invalid_date"), ("2023-06-02Z", "invalid_date"),
+    ("June. 3, 2023", "2023-06-03"), ("sePT. 3, 2023", "2023-09-03"), ("3 june, 2023", "2023-06-03"),
+    ("June  3, 2023", "invalid_date"), ("Septe 3, 2023", "invalid_date"), ("June 3,2023", "invalid_date"), ("2023-06-02T10", "invalid_date"), ("2023-06-02Z", "invalid_date"),
     ("2023-02-30", "impossible_date"), ("2023-06-02T25:99", "impossible_date"),
     ("2023-06-02T10:30+24:00", "impossible_date"), ("2100-02-29", "impossible_date"),
     ("1899-12-31", "date_out_of_range"), ("2101-01-01", "date_out_of_range"), ("1899-02-30", "impossible_date"),
@@ -206,3 +215,393 @@ def test_model_reload_resolves_stored_destinations_and_customers():
     assert second.tables["booking"].counts() == {
         "read": 3, "loaded": 1, "repaired": 0, "imputed": 0, "rejected": 2, "inserted": 1, "updated": 0}
     assert sorted(second.stored["booking"]) == [1, 3]
+
+
+# ---------------------------------------------------------------------------------------
+# Strategies: whole files from per-column pools of accepted and rejected shapes
+
+NFD = {"\u00fc": "u\u0308", "\u00e3": "a\u0303", "\u00f4": "o\u0302", "\u00e9": "e\u0301"}
+
+
+def nfd(text: str) -> str:
+    return "".join(NFD.get(c, c) for c in text)
+
+
+def weighted(*pairs):
+    """one_of with weights: (weight, strategy) pairs (one_of itself would drop the repeats)."""
+    choices = [strategy for weight, strategy in pairs for _ in range(weight)]
+    return st.sampled_from(choices).flatmap(lambda strategy: strategy)
+
+
+ARABIC_INDIC = "\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669"
+FULL_WIDTH = "\uff10\uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18\uff19"
+
+
+def pool(good, bad, odds: int = 15):
+    """Accepted shapes `odds` times as often as rejected ones (lists are sampled from)."""
+    as_strategy = [st.sampled_from(x) if isinstance(x, list) else x for x in (good, bad)]
+    return weighted((odds, as_strategy[0]), (1, as_strategy[1]))
+
+
+def digit_forms(n: int) -> str:
+    return (ARABIC_INDIC if n % 2 else FULL_WIDTH)[n]
+
+
+ID_FORMS = ["{}"] * 6 + ["0{}", "00{}", "{}.0", "{}.00", " {} ", "\t{}"]
+BAD_ID_FORMS = ["+{}", "-{}", "{}.", "{}.5", "{}e0", "{},0", "{} 1", "#{}", "{}\x00", "0x{}"]
+ODD_IDS = ["", " ", "abc", ".0", "-0", "9223372036854775808", "99999999999999999999", "1" * 70]
+
+
+def ids(high: int = 6):
+    """Keys and references from a small range, so that duplicates and references meet."""
+    return pool(
+        weighted(
+            (12, st.tuples(st.integers(1, high), st.sampled_from(ID_FORMS)).map(lambda t: t[1].format(t[0]))),
+            (1, st.sampled_from(["0", "9223372036854775807", "0009223372036854775807"])),
+        ),
+        st.one_of(
+            st.tuples(st.integers(0, high), st.sampled_from(BAD_ID_FORMS)).map(lambda t: t[1].format(t[0])),
+            st.integers(0, 9).map(digit_forms),
+            st.sampled_from(ODD_IDS),
+        ),
+    )
+
+
+names = pool(
+    weighted((4, st.sampled_from(
+        ["Ada", "Bob", " Ada ", "Ada, Countess", "Line\nBreak", "Line\r\nBreak", 'Say "hi"', "J\u00fcrgen",
+         nfd("J\u00fcrgen"), "\xa0Ada\xa0", "Ada\u3000", "\u200bAda", "Ada\x1f", "Ada\x85", "O'Brien",
+         '=HYPERLINK("http://example.com")', "Robert'); DROP TABLE customer; --", "A" * 70])),
+        (1, st.text(alphabet="aZ \u00fc\u0308,\"'\n\t", min_size=1, max_size=4))),
+    ["", " ", "\t", "x\x00y"],
+)
+EMAIL_LOCALS = ["a", "b", "A", "j\u00fcrgen", nfd("j\u00fcrgen"), "J\u00dcRGEN", nfd("J\u00dcRGEN"), "stra\u00dfe",
+                "STRASSE", "\u0130"]
+EMAIL_DOMAINS = ["@example.com", "@EXAMPLE.com", "@x.org", "@.com"]
+emails = pool(
+    weighted((12, st.tuples(st.sampled_from(EMAIL_LOCALS), st.sampled_from(EMAIL_DOMAINS)).map("".join)),
+             (1, st.sampled_from([" a@example.com ", '"a,b"@example.com']))),
+    ["", " ", "no-at.example.com", "a@@example.com", "a@b@example.com", "@example.com", "a@", "a@examplecom",
+     "a b@example.com", "a\tb@example.com", "a\u2003b@example.com", "a\xa0b@example.com", "a@example.com\x00",
+     "a" * 70 + "@example", "a@example.com\nx"],
+    odds=8,
+)
+phones = pool(["555-0101", "555-0102", "", "", " ", " 555 ", "+1 555", "NA", "NULL", "=1+1", "\uff10\uff11"],
+              ["5\x00"])
+seasons = pool(["Spring", "Summer", "Autumn", "Winter", "spring", "SUMMER", "autumn", " winter ", "Fall", "fall",
+                "FALL", "\u017fpring", "Autumn\xa0"],
+               ["Monsoon", "", "Sprung", "Spring\x00", "Win ter", "Spring,", "Autumn" * 11])
+PLACES = ["Paris", "Rome", "New York", "Springfield", "Stra\u00dfe", "Z\u00fcrich", "S\u00e3o Paulo"]
+PLACE_FORMS = [lambda n: n, lambda n: n, lambda n: n, lambda n: n.lower(), lambda n: n.upper(), lambda n: f" {n} ",
+               lambda n: n.replace(" ", "  "), lambda n: n.replace(" ", "\t"), nfd, lambda n: nfd(n.upper())]
+place_names = pool(
+    st.tuples(st.sampled_from(PLACES), st.sampled_from(PLACE_FORMS)).map(lambda t: t[1](t[0])),
+    ["Gotham", "Atlantis", "", " ", "Par is", "Paris\x00", "P" * 70, "Paris, France", "New\nYork"],
+)
+countries = pool(["France", " Italy ", "US", nfd("C\u00f4te d'Ivoire")], ["", "Brazil\x00"])
+
+
+def two(n: int) -> str:
+    return f"{n:02d}"
+
+
+def numeric_dates(years, months, days, hours, minutes, seconds, zones):
+    return st.builds(
+        lambda year, sep, month, day, time: f"{year}{sep[0]}{month}{sep[1]}{day}{time}",
+        st.sampled_from(years),
+        st.sampled_from([("-", "-"), ("-", "-"), ("/", "/"), ("-", "/")][: 3 if "2101" not in years else 4]),
+        st.sampled_from(months).flatmap(lambda m: st.sampled_from([str(m), two(m)])),
+        st.sampled_from(days).flatmap(lambda d: st.sampled_from([str(d), two(d)])),
+        st.one_of(st.just(""), st.builds(
+            lambda sep, hour, minute, second, zone: f"{sep}{hour}:{minute}{second}{zone}",
+            st.sampled_from(["T", " "] if "2101" not in years else ["T", " ", "t", "  "]),
+            st.sampled_from(hours), st.sampled_from(minutes), st.sampled_from(seconds), st.sampled_from(zones),
+        )),
+    )
+
+
+GOOD_ZONES = ["", "", "Z", "+02", "+0200", "+02:00", "-05:00", " Z", " +02:00", "-0000", "+23:59"]
+good_numeric_dates = numeric_dates(
+    ["2023", "2024", "1900", "2100"], list(range(1, 13)), [1, 2, 9, 28], ["00", "10", "23"], ["00", "30", "59"],
+    ["", ":00", ":59", ":00.123", ":00.1", ":00.123456"], GOOD_ZONES)
+any_numeric_dates = numeric_dates(
+    ["2023", "2024", "1900", "2100", "1899", "2101", "0000", "9999", "23"], list(range(14)),
+    [1, 2, 9, 28, 29, 30, 31, 32, 0], ["00", "10", "23", "24", "25", "9"], ["00", "30", "59", "60", "99"],
+    ["", ":00", ":59", ":60", ":00.123", ":00."],
+    GOOD_ZONES + ["+24:00", "+02:60", "z", "+2", "+02:0", "+02:00:00"])
+
+
+def text_dates(months, days, years, forms):
+    return st.builds(lambda month, day, year, form: form.format(m=month, d=day, y=year),
+                     st.sampled_from(months), st.sampled_from(days), st.sampled_from(years), st.sampled_from(forms))
+
+
+GOOD_MONTHS = ["June", "Jun", "Jun.", "May", "May.", "February", "Feb", "Sep.", "December", "june", "JUNE", "jun.",
+               "Sept", "SEPT.", "June."]
+good_text_dates = text_dates(GOOD_MONTHS, ["1", "3", "03", "28"], ["2023", "2024", "2100"],
+                             ["{m} {d}, {y}", "{m} {d} {y}", "{d} {m} {y}", "{d} {m}, {y}"])
+any_text_dates = text_dates(
+    GOOD_MONTHS + ["Juno", "Jnu", "Septe", "Sep..", "J\u00fcne"],
+    ["1", "3", "03", "29", "30", "31", "0", "32"], ["2023", "2024", "1899", "2100", "2101", "23"],
+    ["{m} {d}, {y}", "{m} {d} {y}", "{d} {m} {y}", "{d} {m}, {y}", "{m}  {d}, {y}", "{m} {d},{y}", "{d},{m} {y}",
+     "{m}, {d} {y}", "{d}  {m} {y}"])
+ambiguous_dates = st.builds(lambda d, m, y: f"{d}/{m}/{y}", st.integers(0, 13).map(two), st.integers(1, 13).map(str),
+                            st.sampled_from(["2023", "1850"]))
+dates = pool(
+    weighted((3, good_numeric_dates), (1, good_text_dates), (1, st.sampled_from([" 2023-6-2 ", "2023-06-02 00:00:00"]))),
+    st.one_of(any_numeric_dates, any_text_dates, ambiguous_dates, st.sampled_from(
+        ["", " ", "yesterday", "20230602", "2023-06-02T", "2023-06-02Z", "2023-06-02\x00",
+         "\u0662\u0660\u0662\u0663-\u0660\u0666-\u0660\u0662", "02-06-2023", "02/06/23", "2023-06-02 " * 6])),
+    odds=8,
+)
+passengers = pool(["", "1", "2", "3", "02", "2.0", " 3 ", "2147483647", "1001001"],
+                  ["0", "00", "0.0", "-2", "-0", "-2.0", "2.5", "two", "+2", "2147483648", "1e2", "\u0662", "3.",
+                   "1,000", "9" * 25, "2\x00"])
+costs = pool(
+    weighted(
+        (2, st.sampled_from(["10.50", "10.5", "10.500", ".5", "5.", "007", "", " ", "0", "0.00", " 10.50 ",
+                             "0.01", "0.02", "33.33", "9999999999.99", "0001", "9990000009.99",
+                             "9990000010.00"])),
+        (2, st.builds(lambda cents, form: form.format(cents // 100, cents % 100),
+                      st.integers(0, 10**6), st.sampled_from(["{}.{:02d}", "{}.{:02d}0", "{}"])))),
+    ["abc", "$10.00", "1e5", "-1", "-0", "-0.00", "10.005", "10.0050", "12345678901", "00012345678901",
+     "1,000.00", "+5", "- 5", "5-", "\u0661\u0660", "\uff11\uff10", ".", "-", "-.5", "1 000", "10.50\x00", "10.5.0"],
+)
+
+ROW_VALUES = {
+    "customer": {"customer_id": ids(10), "first_name": names, "last_name": names, "email": emails, "phone": phones},
+    "destination": {"destination_id": ids(9), "destination": place_names, "country": countries,
+                    "popular_season": seasons},
+    "booking": {"booking_id": ids(12), "customer_id": ids(10), "booking_date": dates, "destination": place_names,
+                "number_of_passengers": passengers, "cost_per_passenger": costs},
+}
+HEADER_FORMS = [lambda c: c, lambda c: c, lambda c: c.upper(), lambda c: f" {c} ", lambda c: c.replace("_", " ").title(),
+                lambda c: c.replace("_", "  "), lambda c: c.replace("_", "\t")]
+EXTRA_COLUMNS = ["notes", "Extra Col", "source", "id"]
+extra_values = st.sampled_from(["", "x", "a,b", "line\nbreak", "\x00", " ", "1.5"])
+
+
+@st.composite
+def csv_file(draw, table: str, rows=None, min_rows: int = 1, max_rows: int = 8) -> bytes:
+    """A whole file: rows of pooled values under a header in any order and case, with
+    extra columns, the unnamed index column, short and long rows, empty lines, BOM, CRLF."""
+    columns = list(model.COLUMNS[table])
+    if rows is None:
+        rows = draw(st.lists(st.fixed_dictionaries(ROW_VALUES[table]), min_size=min_rows, max_size=max_rows))
+    rows = list(rows)
+    extras = draw(st.lists(st.sampled_from(EXTRA_COLUMNS), unique=True, max_size=2))
+    layout = draw(st.permutations(columns + extras))
+    index = draw(st.sampled_from([None, None, 0, 0, len(layout)]))  # where pandas' index column sits
+    if index is not None:
+        layout.insert(index, None)
+    header = [("" if c is None else draw(st.sampled_from(HEADER_FORMS))(c)) for c in layout]
+    records = []
+    for number, row in enumerate(rows):
+        fields = [str(number) if c is None else row[c] if c in row else draw(extra_values) for c in layout]
+        shape = draw(st.sampled_from(["ok"] * 100 + ["short", "short", "long", "long", "blank", "spaces"]))
+        if shape == "short":
+            fields = fields[: draw(st.integers(1, len(fields) - 1))]
+        elif shape == "long":
+            fields += draw(st.lists(extra_values, min_size=1, max_size=2))
+        elif shape == "blank":
+            fields = [""]  # written as "": a record of one empty field, not an empty line
+        elif shape == "spaces":
+            fields = ["  "]
+        records.append(fields)
+    newline = draw(st.sampled_from(["\n", "\r\n"]))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator=newline,
+                        quoting=draw(st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_MINIMAL, csv.QUOTE_ALL])))
+    writer.writerow(header)
+    for fields in records:
+        if draw(st.integers(0, 9)) == 0:
+            out.write(newline)  # an empty line is not a record
+        writer.writerow(fields)
+    text = out.getvalue()
+    if draw(st.booleans()):
+        text = text[: -len(newline)]  # no line ending after the last record
+    return (("\ufeff" if draw(st.booleans()) else "") + text).encode("utf-8")
+
+
+
+
+MAX_ROWS = {"customer": 8, "destination": 6, "booking": 10}
+
+
+def table_rows(table: str, min_rows: int = 1, **values):
+    return st.lists(st.fixed_dictionaries({**ROW_VALUES[table], **values}), min_size=min_rows,
+                    max_size=MAX_ROWS[table])
+
+
+@st.composite
+def dataset_rows(draw, min_rows: int = 1) -> dict[str, list[dict]]:
+    """Rows of the three tables; bookings mostly name customers and destinations drawn here."""
+    customers = draw(table_rows("customer", min_rows))
+    destinations = draw(table_rows("destination", min_rows))
+    customer_ids = sorted({row["customer_id"] for row in customers})
+    place_names_here = sorted({row["destination"] for row in destinations})
+    bookings = draw(table_rows(
+        "booking", min_rows,
+        customer_id=weighted((6, st.sampled_from(customer_ids)), (1, ids(10))),
+        destination=weighted((6, st.tuples(st.sampled_from(place_names_here), st.sampled_from(PLACE_FORMS))
+                                  .map(lambda t: t[1](t[0]))), (1, place_names)),
+    ))
+    return {"customer": customers, "destination": destinations, "booking": bookings}
+
+
+@st.composite
+def datasets(draw, min_rows: int = 1) -> dict[str, bytes]:
+    """The three files of one load."""
+    rows = draw(dataset_rows(min_rows))
+    return {table: draw(csv_file(table, rows=rows[table])) for table in model.TABLES}
+
+
+# ---------------------------------------------------------------------------------------
+# Comparing the stage with the model
+
+# Codes shared by several columns: the reason must name the column the rule looked at.
+CODES_NAMING_THE_COLUMN = {"missing_field", "invalid_text", "invalid_id", "id_out_of_range", "invalid_number",
+                           "out_of_range"}
+
+
+def by_key(table: str, rows: list[dict]) -> list[dict]:
+    return sorted(rows, key=lambda row: row[model.KEY[table]])
+
+
+def describe(table: str, expected: model.TableResult, stage_rows, stage_rejects) -> str:
+    return (f"\n{table}: model rows {by_key(table, expected.rows)}\n{table}: stage rows {by_key(table, stage_rows)}"
+            f"\n{table}: model rejects {[(r.source_row, r.code) for r in expected.rejects]}"
+            f"\n{table}: stage rejects {[(r['source_row'], r['reject_reason']) for r in stage_rejects]}")
+
+
+def check_table(table: str, expected: model.TableResult, stage_rows: list[dict], stage_rejects: list[dict],
+                counts: dict[str, int]) -> None:
+    """The stage's stored rows, rejects (dicts of text with source_row an int) and counts
+    against the model's; one assert per kind of disagreement, so Hypothesis keeps them apart."""
+    context = describe(table, expected, stage_rows, stage_rejects)
+    assert by_key(table, stage_rows) == by_key(table, expected.rows), f"[{table}: stored rows differ]" + context
+    got = sorted((r["source_row"], r["reject_reason"].split(":")[0]) for r in stage_rejects)
+    want = [(r.source_row, r.code) for r in expected.rejects]
+    assert got == want, f"[{table}: reject codes differ] first {first_difference(got, want)}" + context
+    stage_by_row = {r["source_row"]: r for r in stage_rejects}
+    for want in expected.rejects:
+        check_reject(table, want, stage_by_row[want.source_row], context)
+    assert counts["read"] == counts["loaded"] + counts["rejected"], f"[{table}: read != loaded + rejected] {counts}"
+    want_counts = {name: value for name, value in expected.counts().items() if name in counts}
+    assert counts == want_counts, f"[{table}: summary counts differ] stage {counts}, model {want_counts}" + context
+
+
+def first_difference(got: list[tuple[int, str]], want: list[tuple[int, str]]) -> str:
+    stage, expected = dict(got), dict(want)
+    row = min(n for n in stage.keys() | expected.keys() if stage.get(n) != expected.get(n))
+    return f"at row {row}: model {expected.get(row, 'accepts')}, stage {stage.get(row, 'accepts')}"
+
+
+def check_reject(table: str, want: model.Reject, got: dict, context: str) -> None:
+    """One reject's reason and row against the model's, where the README says what they hold."""
+    reason = got["reject_reason"]
+    where = f"{table} {want.code}]: row {want.source_row}, reason {reason!r}"
+    if want.text is not None:
+        assert reason == want.text, f"[reason text of {where}, README says {want.text!r}" + context
+    if want.raw_record is not None:
+        assert got.get("raw_record") == want.raw_record, (
+            f"[raw_record of {where}: {got.get('raw_record')!r}, the file has {want.raw_record!r}" + context)
+    if want.kept_row is not None:
+        assert reason.endswith(f"already at row {want.kept_row}"), (
+            f"[row kept by {where}: should end 'already at row {want.kept_row}'" + context)
+    if want.ids:
+        listed = [int(n) for n in re.findall(r"[0-9]+", reason.rsplit("'", 1)[-1])]
+        assert listed == list(want.ids), f"[ids listed by {where}: the name names {want.ids}" + context
+    if want.code in CODES_NAMING_THE_COLUMN and want.column is not None:
+        assert re.search(rf"\b{want.column}\b", reason), f"[column named by {where}: should be {want.column}" + context
+    if want.value and "'" in reason:
+        check_value_shown(where, reason, want.value, context)
+    if want.fields is not None:
+        as_written = {column: got.get(column) for column in want.fields}
+        assert as_written == want.fields, f"[row as written of {where}: the file has {want.fields}" + context
+
+
+def check_value_shown(where: str, reason: str, value: str, context: str) -> None:
+    """README: values shown in a reason are the file's text in single quotes, cut to 60 characters."""
+    quoted = f"'{value[:60]}'"
+    assert quoted in reason, f"[value shown by {where}: should be the file's text {quoted}" + context
+
+
+def frame_records(frame) -> list[dict]:
+    """A stage DataFrame of rejects as dicts of text ('' for missing), source_row an int."""
+    import pandas as pd
+
+    out = []
+    for record in frame.to_dict("records"):
+        row = {key: ("" if value is None or (not isinstance(value, str) and pd.isna(value)) else value)
+               for key, value in record.items()}
+        row["source_row"] = int(row["source_row"])
+        out.append(row)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# The pure cleansing: read_source + cleanse_all against the model, most of the examples
+
+PURE_SETTINGS = settings(
+    max_examples=300, derandomize=True, deadline=None, database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+
+
+def cleanse_with_stage(files: dict[str, bytes]):
+    """stage 3's pure entry points on `files`: {table: Table}."""
+    import tempfile
+    from pathlib import Path
+
+    import transform_load_csv_data as stage
+
+    with tempfile.TemporaryDirectory() as folder:
+        raw = {}
+        for table in model.TABLES:
+            path = Path(folder) / f"{table}.csv"
+            path.write_bytes(files[table])
+            raw[table] = stage.read_source(path, table)
+        return stage.cleanse_all(raw)
+
+
+def dataset(customers: str | None = None, destinations: str | None = None, bookings: str | None = None,
+            **whole: bytes) -> dict[str, bytes]:
+    """An explicit example: the tiny valid files of files() with some rows or whole files replaced."""
+    given_rows = {"customers": customers, "destinations": destinations, "bookings": bookings}
+    return {**files(**{k: v for k, v in given_rows.items() if v is not None}), **whole}
+
+
+# Disagreements Hypothesis found, minimised (see the report in the commit message).
+# The reason counts the unnamed index column in "the header has": 6 fields here, not 5.
+@example(files=dataset(customer=b",customer_id,first_name,last_name,email,phone\n0,1,Ada,Lovelace,ada@example.com\n"))
+# A reason shows the file's text: ' 1.0 ', not '1'; ' A@x.com ', not 'a@x.com'; ' +3 ', not '+3'.
+@example(files=dataset(customers=" 1 ,A,A,a@x.com,\n 1.0 ,B,B,b@x.com,\n"))
+@example(files=dataset(customers="1,A,A,a@x.com,\n2,B,B, A@X.com ,\n"))
+@example(files=dataset(customers="1,A,A,a@x.com,\n +3 ,B,B,b@x.com,\n"))
+@example(files=dataset(customers="1,A,A,a@x.com,\n2,B,B, AB@.com ,\n"))
+# str.lower() of 'İ' is 'i' + U+0307; the stage stores 'i@example.com'.
+@example(files=dataset(customers="1,A,A,\u0130@example.com,\n"))
+# '3.' is a point without zeros: not an id, not a passenger count.
+@example(files=dataset(bookings="1,1,2023-06-02,Paris,3.,10.00\n"))
+@example(files=dataset(destinations="1,Paris,France,Spring\n2.,Rome,Italy,Summer\n"))
+# Shapes the README does not list: ambiguous_date only for '02/06/2023'; a time's hour has two digits.
+@example(files=dataset(bookings="1,1,02-06-2023,Paris,1,1\n2,1,02/06/23,Paris,1,1\n3,1,2.6.2023,Paris,1,1\n"))
+@example(files=dataset(bookings="1,1,2023-06-02T1:30,Paris,1,1\n"))
+@PURE_SETTINGS
+@given(files=datasets())
+def test_properties_cleansing_agrees_with_model(files):
+    check_cleansing(files)
+
+
+def check_cleansing(files: dict[str, bytes]) -> None:
+    """The property: read_source + cleanse_all store, reject and count what the model does."""
+    import transform_load_csv_data as stage
+
+    expected = model.run_load(files, rule_12=False)
+    tables = cleanse_with_stage(files)
+    for table in model.TABLES:
+        summary = stage.summarise(tables[table])
+        counts = {name: getattr(summary, name) for name in ("read", "loaded", "repaired", "imputed", "rejected")}
+        check_table(table, expected.tables[table], stage.load_rows(tables[table]).to_pylist(),
+                    frame_records(tables[table].rejected()), counts)
