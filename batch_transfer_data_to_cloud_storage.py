@@ -6,21 +6,30 @@ EXPORT_BATCH_SIZE rows (--batch-size, default 50000). Every batch is one CSV fil
 header, compressed as zip (default) or gzip (EXPORT_COMPRESSION, --compression; level
 EXPORT_COMPRESSION_LEVEL, default 6), and stored as
 
-    s3://$S3_BUCKET_NAME/$S3_PREFIX<date>/<table>/<table>_<date>_batch_0001.csv.zip   (.csv.gz)
+    s3://$S3_BUCKET_NAME/$S3_PREFIX<date>/<run>/<table>/<table>_<date>_batch_0001.csv.zip   (.csv.gz)
 
-with <date> today in UTC (or --date YYYY-MM-DD). Booking rows carry the destination's
-name and country and total_booking_value, so a reader needs no database. Batches are
-compressed and uploaded in parallel (--workers) with a bounded queue: memory follows the
-batch size, not the table size. Every table has at least one object, header-only when the
-table is empty.
+with <date> today in UTC (or --date YYYY-MM-DD) and <run> this run's id: the snapshot
+time and a random suffix (20240501T063015.123Z-1a2b3c4d), so runs sort by start and no run
+ever writes over another's object. Booking rows carry the destination's name and country
+and total_booking_value, so a reader needs no database. Batches are compressed and
+uploaded in parallel (--workers) with a bounded queue: memory follows the batch size, not
+the table size. Every table has at least one object, header-only when the table is empty.
 
-Last comes $S3_PREFIX<date>/_manifest.json, listing every object with its table, row
-count, size and SHA-256 (the manifest contract is build_manifest() below). A day's
-export exists for readers only once its manifest does. Running again for the same day
-replaces that day's export as a whole: the old manifest is deleted first (the day
-disappears), the new batches are uploaded, objects in the day's table folders that this
-run did not write are deleted, and the new manifest is written last. A failed run leaves
-no manifest for its day.
+Last comes $S3_PREFIX<date>/_manifest.json, one PUT naming the run and listing its objects
+with their table, row count, size and SHA-256 (the contract is build_manifest() below). It
+is the one commit point: a day's export exists for readers only once its manifest does,
+and a reader holding a manifest reads exactly that manifest's bytes. Until the new
+manifest replaces it, the previous export stays complete and readable. After the commit,
+the day keeps this run, the run whose manifest it replaced, and any earlier run replaced
+less than KEEP_REPLACED_SECONDS ago (the Lambda's longest timeout and a margin), so a
+reader that fetched an older manifest can finish; other run folders (failed runs
+included) and objects of the layout before runs (<date>/<table>/...) are deleted. A failed
+run publishes nothing and leaves the previous export as it was.
+
+Exports of one bucket, prefix and day are serialised by a PostgreSQL advisory lock, taken
+on its own connection before the snapshot is opened and held until the manifest is
+written and old runs are removed: a run that waits (it logs so) then reads newer data than
+the run it waited for, never older.
 
 CSV format: UTF-8, comma-separated, "\\n" line ends, quoted only where needed (PostgreSQL
 COPY). A NULL (customer.phone) is an empty unquoted field; an empty text is "". Dates
@@ -32,7 +41,8 @@ and a SHA-256 checksum the store verifies on receipt.
 
 Needs: the schema from travel.sql; DATABASE_URL or the libpq variables (PGHOST, ...);
 S3_BUCKET_NAME; AWS credentials from boto3's default chain (environment, profile, SSO,
-instance or task role). For an S3-compatible store, set AWS_ENDPOINT_URL_S3 (boto3 reads
+instance or task role) allowed to list the prefix, put and delete objects under it and get
+the day's _manifest.json. For an S3-compatible store, set AWS_ENDPOINT_URL_S3 (boto3 reads
 it itself).
 
 Example:
@@ -51,11 +61,13 @@ import json
 import logging
 import os
 import re
+import secrets
 import zipfile
+from contextlib import closing, contextmanager
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import waddle_common as common
 
@@ -74,6 +86,16 @@ DEFAULT_WORKERS = max(1, min(2, os.cpu_count() or 1))
 QUEUE_PER_WORKER = 2  # batches waiting or in progress per worker: bounds the memory
 DELETE_CHUNK = 1000  # DeleteObjects takes at most 1000 keys
 DATE_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
+# A run's id: its snapshot time in UTC to the millisecond, then 8 random hex digits.
+RUN_ID_PATTERN = re.compile(r"\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{8}")
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # exported_at, replaced_at in the manifest
+# How long a run's objects stay after its manifest was replaced, for readers that fetched
+# that manifest just before: the Lambda's longest timeout (900 s, the most AWS allows and
+# lambda/template.yaml's MaxValue) plus 5 minutes for the manifest's upload and for clocks
+# of two exporting machines that disagree. The run just replaced is kept regardless.
+KEEP_REPLACED_SECONDS = 20 * 60
+# Classid-free bigint namespace of the export lock (the loader's key is 0x57414444).
+LOCK_NAMESPACE = "data-waddle export"
 
 # The columns of each exported table, in file order: the header line and the manifest.
 EXPORT_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -175,19 +197,32 @@ def day_prefix(prefix: str, day: str) -> str:
     return f"{prefix}{day}/"
 
 
+def new_run_id(at: datetime) -> str:
+    """20240501T063015.123Z-1a2b3c4d: sorts by time; the suffix keeps two runs in one
+    millisecond (or on two machines) apart."""
+    at = at.astimezone(timezone.utc)
+    return f"{at:%Y%m%dT%H%M%S}.{at.microsecond // 1000:03d}Z-{secrets.token_hex(4)}"
+
+
+def run_prefix(prefix: str, day: str, run_id: str) -> str:
+    return f"{day_prefix(prefix, day)}{run_id}/"
+
+
 def member_name(table: str, day: str, number: int) -> str:
     """The CSV file's name inside its archive: booking_2024-05-01_batch_0001.csv."""
     return f"{table}_{day}_batch_{number:04d}.csv"
 
 
-def batch_key(prefix: str, day: str, table: str, number: int, compression: str) -> str:
-    """exports/2024-05-01/booking/booking_2024-05-01_batch_0001.csv.zip (batches count from 1)."""
+def batch_key(prefix: str, day: str, run_id: str, table: str, number: int, compression: str) -> str:
+    """exports/2024-05-01/<run>/booking/booking_2024-05-01_batch_0001.csv.zip (batches count from 1)."""
     suffix = COMPRESSIONS[compression][0]
-    return f"{day_prefix(prefix, day)}{table}/{table}_{day}_batch_{number:04d}{suffix}"
+    return f"{run_prefix(prefix, day, run_id)}{table}/{table}_{day}_batch_{number:04d}{suffix}"
 
 
-def table_prefix(prefix: str, day: str, table: str) -> str:
-    return f"{day_prefix(prefix, day)}{table}/"
+def export_lock_key(bucket: str, prefix: str, day: str) -> int:
+    """The advisory lock (a positive bigint) that serialises exports of one bucket, prefix and day."""
+    name = "\0".join((LOCK_NAMESPACE, bucket, prefix, day)).encode("utf-8")
+    return int.from_bytes(hashlib.sha256(name).digest()[:8], "big") >> 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -324,25 +359,41 @@ class ExportedObject:
     sha256: str
 
 
-def build_manifest(plan: ExportPlan, exported_at: datetime, objects: Iterable[ExportedObject]) -> dict:
+@dataclass(frozen=True)
+class KeptRun:
+    """An earlier run of the day whose objects stay for readers still holding its manifest.
+
+    run_id None stands for the objects of the layout before runs (<date>/<table>/...)."""
+
+    run_id: str | None
+    replaced_at: datetime
+
+
+def build_manifest(plan: ExportPlan, run_id: str, exported_at: datetime, objects: Iterable[ExportedObject],
+                   kept: Iterable[KeptRun] = ()) -> dict:
     """The manifest: the contract between this stage and every reader (the Lambda).
 
     {"format_version": 1, "date": "YYYY-MM-DD", "prefix": "<S3_PREFIX><date>/",
-     "exported_at": "YYYY-MM-DDTHH:MM:SSZ", "tool": "data-waddle", "tool_version": "...",
-     "compression": "zip" | "gzip",
+     "exported_at": "YYYY-MM-DDTHH:MM:SSZ", "run_id": "<run>", "tool": "data-waddle",
+     "tool_version": "...", "compression": "zip" | "gzip",
      "tables": {"customer": {"columns": [...], "rows": N}, "destination": ..., "booking": ...},
-     "objects": [{"key", "table", "rows", "bytes", "sha256"}, ...]}
+     "objects": [{"key", "table", "rows", "bytes", "sha256"}, ...],
+     "kept_runs": [{"run_id": "<run>" | null, "replaced_at": "YYYY-MM-DDTHH:MM:SSZ"}, ...]}
 
-    exported_at is when the snapshot was taken (UTC, whole seconds). Objects are sorted by
-    table name, then batch number (which is also key order); every table has at least one.
-    sha256 is the hex digest of the object's bytes as stored.
+    exported_at is when the snapshot was taken (UTC, whole seconds). Every object is under
+    "<prefix><run_id>/". Objects are sorted by table name, then batch number (which is also
+    key order); every table has at least one. sha256 is the hex digest of the object's
+    bytes as stored. kept_runs is the exporter's own bookkeeping (readers ignore it): the
+    earlier runs whose objects are still kept and when their manifest was replaced, the
+    run this one replaced first; null is the layout before runs.
     """
     ordered = sorted(objects, key=lambda o: (o.table, o.batch))
     return {
         "format_version": MANIFEST_FORMAT_VERSION,
         "date": plan.day,
         "prefix": plan.day_prefix,
-        "exported_at": exported_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "exported_at": exported_at.astimezone(timezone.utc).strftime(TIME_FORMAT),
+        "run_id": run_id,
         "tool": TOOL_NAME,
         "tool_version": common.__version__,
         "compression": plan.compression,
@@ -357,7 +408,98 @@ def build_manifest(plan: ExportPlan, exported_at: datetime, objects: Iterable[Ex
             {"key": o.key, "table": o.table, "rows": o.rows, "bytes": o.bytes, "sha256": o.sha256}
             for o in ordered
         ],
+        "kept_runs": [
+            {"run_id": k.run_id, "replaced_at": k.replaced_at.astimezone(timezone.utc).strftime(TIME_FORMAT)}
+            for k in kept
+        ],
     }
+
+
+# ---------------------------------------------------------------------------------------
+# Retention: which earlier runs of the day stay after a commit
+
+
+@dataclass(frozen=True)
+class PreviousExport:
+    """What the manifest about to be replaced says. run_id None: it is of the layout before
+    runs. known False: it could not be understood (not JSON, or a newer format), so which
+    run it names is unknown."""
+
+    run_id: str | None
+    kept: tuple[KeptRun, ...] = ()
+    known: bool = True
+
+
+def parse_time(text: object) -> datetime:
+    if not isinstance(text, str):
+        raise ValueError(f"not a time: {text!r}")
+    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=timezone.utc)
+
+
+def parse_previous(body: bytes) -> PreviousExport:
+    """The previous manifest's run and kept runs; known=False when it cannot be trusted."""
+    try:
+        manifest = json.loads(body)
+        if not isinstance(manifest, dict) or manifest.get("format_version") != MANIFEST_FORMAT_VERSION:
+            raise ValueError("not a format_version 1 manifest")
+        if "run_id" not in manifest:  # written before runs: its objects are <date>/<table>/...
+            return PreviousExport(run_id=None)
+        run_id = manifest["run_id"]
+        if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id):
+            raise ValueError(f"run_id {run_id!r}")
+        kept = []
+        for entry in manifest.get("kept_runs", []):
+            kept_id = entry["run_id"]
+            if kept_id is not None and not (isinstance(kept_id, str) and RUN_ID_PATTERN.fullmatch(kept_id)):
+                raise ValueError(f"kept run_id {kept_id!r}")
+            kept.append(KeptRun(kept_id, parse_time(entry["replaced_at"])))
+        return PreviousExport(run_id=run_id, kept=tuple(kept))
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+        log.warning("the day's previous manifest cannot be read (%s); this run deletes no earlier objects",
+                    common.first_line(exc))
+        return PreviousExport(run_id=None, known=False)
+
+
+def run_of(key: str, day_folder: str) -> tuple[bool, str | None]:
+    """(True, run id) for an object of a run, (True, None) for one of the layout before runs
+    (<date>/<table>/...), (False, None) for anything else (the manifest, foreign objects)."""
+    folder, slash, _ = key.removeprefix(day_folder).partition("/")
+    if not key.startswith(day_folder) or not slash:
+        return False, None
+    if RUN_ID_PATTERN.fullmatch(folder):
+        return True, folder
+    return (True, None) if folder in common.TABLES else (False, None)
+
+
+def runs_present(keys: Iterable[str], day_folder: str) -> set[str | None]:
+    found = (run_of(key, day_folder) for key in keys)
+    return {run for is_run, run in found if is_run}
+
+
+def runs_to_keep(previous: PreviousExport | None, now: datetime, present: Iterable[str | None] = ()) -> list[KeptRun]:
+    """The earlier runs a new manifest keeps: the one it replaces (as of `now`) and those
+    replaced less than KEEP_REPLACED_SECONDS before `now`. When the previous manifest is not
+    understood, every run `present` is kept, as if replaced now."""
+    if previous is None:
+        return []
+    if not previous.known:
+        return [KeptRun(run, now) for run in sorted(present, key=lambda r: r or "")]
+    kept = [KeptRun(previous.run_id, now)]
+    for run in previous.kept:
+        if run.run_id != previous.run_id and (now - run.replaced_at).total_seconds() < KEEP_REPLACED_SECONDS:
+            kept.append(run)
+    return kept
+
+
+def keys_to_delete(keys: Iterable[str], day_folder: str, keep: set[str | None]) -> list[str]:
+    """Objects of runs not in `keep` (None: the layout before runs); never the manifest or
+    objects this stage did not write."""
+    doomed = []
+    for key in keys:
+        is_run, run = run_of(key, day_folder)
+        if is_run and run not in keep:
+            doomed.append(key)
+    return sorted(doomed)
 
 
 def format_summary(manifest: dict, bucket: str) -> str:
@@ -366,7 +508,7 @@ def format_summary(manifest: dict, bucket: str) -> str:
         objects = [o for o in manifest["objects"] if o["table"] == table]
         size = sum(o["bytes"] for o in objects)
         lines.append(f"{table:<12}{len(objects):>9}{info['rows']:>12}{size:>14}")
-    lines.append(f"manifest: s3://{bucket}/{manifest['prefix']}{MANIFEST_NAME}")
+    lines.append(f"manifest: s3://{bucket}/{manifest['prefix']}{MANIFEST_NAME} (run {manifest['run_id']})")
     return "\n".join(lines)
 
 
@@ -460,6 +602,19 @@ class Storage:
             )
         return digest.hex()
 
+    def read(self, key: str) -> bytes | None:
+        """The object's bytes; None when it does not exist."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code", "")) in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise storage_error(exc, self.bucket, f"reading {key} (the export needs s3:GetObject on it)") from None
+        except BotoCoreError as exc:
+            raise storage_error(exc, self.bucket, f"reading {key}") from None
+
     def list_keys(self, prefix: str) -> list[str]:
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -484,11 +639,6 @@ class Storage:
                     f"could not delete s3://{self.bucket}/{first.get('Key')} "
                     f"({first.get('Code')}: {first.get('Message')}) and {len(reply['Errors']) - 1} more"
                 )
-
-
-def stale_keys(existing: Iterable[str], written: set[str]) -> list[str]:
-    """Objects of an earlier run for the same day that this run did not rewrite."""
-    return sorted(key for key in existing if key not in written)
 
 
 # ---------------------------------------------------------------------------------------
@@ -528,11 +678,12 @@ class UploadPool:
             self.results.append(future.result())
 
 
-def upload_batch(storage: Storage, plan: ExportPlan, table: str, number: int, rows: int, data: bytes) -> ExportedObject:
+def upload_batch(storage: Storage, plan: ExportPlan, run_id: str, table: str, number: int, rows: int,
+                 data: bytes) -> ExportedObject:
     """Compress one batch and store it (runs on a worker thread; zlib releases the GIL)."""
     member = member_name(table, plan.day, number)
     body = compress_batch(data, member, plan.compression, plan.compression_level, plan.day)
-    key = batch_key(plan.prefix, plan.day, table, number, plan.compression)
+    key = batch_key(plan.prefix, plan.day, run_id, table, number, plan.compression)
     sha256 = storage.put(key, body, COMPRESSIONS[plan.compression][1])
     log.debug("stored %s: %d rows, %d bytes", key, rows, len(body))
     return ExportedObject(key=key, table=table, batch=number, rows=rows, bytes=len(body), sha256=sha256)
@@ -567,6 +718,96 @@ def export_query(table: str):
             key=sql.Identifier(KEYS[table]),
         )
     return sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER false)").format(select)
+
+
+def take_export_lock(conn, plan: ExportPlan) -> None:
+    """Hold the advisory lock of this bucket, prefix and day on `conn` (its own session,
+    autocommit: no transaction stays open); wait, saying so, while another export holds it.
+    Advisory locks need no privilege: the travel_reader role can take them."""
+    import psycopg2
+
+    key = export_lock_key(plan.bucket, plan.prefix, plan.day)
+    conn.autocommit = True
+    interrupted: list[bool] = []
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (key,))
+            if not cur.fetchone()[0]:
+                log.info("another export of %s to s3://%s/%s is running; waiting for it to finish",
+                         plan.day, plan.bucket, plan.day_prefix)
+                with interruptible(interrupted):
+                    cur.execute("SELECT pg_advisory_lock(%s)", (key,))
+    except psycopg2.Error as exc:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise common.PipelineError(f"taking the export lock failed: {common.first_line(common.redact(exc))}") from None
+    if interrupted:  # Ctrl-C as the lock came: the cancel found nothing to cancel
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def interruptible(interrupted: list[bool]) -> Iterator[None]:
+    """Ctrl-C cancels a statement run inside (noted in `interrupted`). By default psycopg2
+    waits inside libpq, where Python sees a signal only once the statement ends: a run
+    waiting for the lock ignored Ctrl-C until the other export finished. The wait callback
+    is process-wide (every connection would wait through it), so it is set only around the
+    lock's wait, before the snapshot's connection exists."""
+    import select
+
+    from psycopg2 import extensions
+
+    def wait(conn) -> None:  # psycopg2.extras.wait_select, remembering the interrupt
+        while True:
+            try:
+                state = conn.poll()
+                if state == extensions.POLL_OK:
+                    return
+                if state == extensions.POLL_READ:
+                    select.select([conn.fileno()], [], [])
+                elif state == extensions.POLL_WRITE:
+                    select.select([], [conn.fileno()], [])
+                else:
+                    raise conn.OperationalError(f"bad state from poll: {state}")
+            except KeyboardInterrupt:
+                interrupted.append(True)
+                conn.cancel()  # the server then ends the statement with an error
+
+    previous = extensions.get_wait_callback()
+    extensions.set_wait_callback(wait)
+    try:
+        yield
+    finally:
+        extensions.set_wait_callback(previous)
+
+
+def check_lock_held(conn) -> None:
+    """A session lock lasts as long as its session: if the connection is still alive, the
+    lock is still ours. Checked just before the manifest is written: after a lost
+    connection another export may be running, so nothing is published."""
+    import psycopg2
+
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+    except psycopg2.Error as exc:
+        raise common.PipelineError(
+            f"lost the export lock before publishing ({common.first_line(common.redact(exc))}); "
+            "the previous export is unchanged; run the export again"
+        ) from None
+
+
+@contextmanager
+def password_already_judged() -> Iterator[None]:
+    """connect_db warns about a weak password on every connection; the export's second
+    connection uses the same password, so its warning would only repeat the first."""
+    def drop(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("the database password is")
+
+    common.log.addFilter(drop)
+    try:
+        yield
+    finally:
+        common.log.removeFilter(drop)
 
 
 def open_snapshot(conn) -> None:
@@ -656,35 +897,74 @@ def main(argv: Sequence[str] | None = None) -> int:
 def export(settings: common.Settings, args: argparse.Namespace) -> int:
     plan = make_plan(settings, args)
     storage = Storage(plan)
-    conn = common.connect_db("export")
-    try:
-        exported_at = datetime.now(timezone.utc)
-        open_snapshot(conn)
+    # The lock's own session: the snapshot's transaction must begin only once it is held, or
+    # a run that waited would publish what it saw before the run it waited for.
+    with closing(common.connect_db("export lock")) as lock_conn:
         storage.check_bucket()
-        # From here until the new manifest is written the day does not exist for readers,
-        # so they never combine objects of two runs.
-        storage.delete([plan.manifest_key])
-        objects = export_tables(conn, storage, plan)
-    finally:
-        conn.close()
-
-    written = {o.key for o in objects}
-    existing = [key for table in common.TABLES for key in storage.list_keys(table_prefix(plan.prefix, plan.day, table))]
-    stale = stale_keys(existing, written)
-    if stale:
-        log.debug("deleting %d object(s) of an earlier run for %s", len(stale), plan.day)
-        storage.delete(stale)
-
-    manifest = build_manifest(plan, exported_at, objects)
-    body = (json.dumps(manifest, indent=2) + "\n").encode("utf-8")
-    storage.put(plan.manifest_key, body, "application/json", CacheControl="no-cache")
+        take_export_lock(lock_conn, plan)
+        previous = read_previous(storage, plan)
+        exported_at = datetime.now(timezone.utc)
+        run_id = new_run_id(exported_at)
+        try:
+            objects = export_run(storage, plan, run_id)
+            now = datetime.now(timezone.utc).replace(microsecond=0)
+            present = () if previous is None or previous.known else runs_present(
+                storage.list_keys(plan.day_prefix), plan.day_prefix) - {run_id}
+            kept = runs_to_keep(previous, now, present)
+            manifest = build_manifest(plan, run_id, exported_at, objects, kept)
+            body = (json.dumps(manifest, indent=2) + "\n").encode("utf-8")
+            check_lock_held(lock_conn)
+        except BaseException:
+            discard_run(storage, plan, run_id)  # no manifest names this run: nothing reads it
+            raise
+        # The commit. Not undone if it fails: the store may have stored it all the same.
+        storage.put(plan.manifest_key, body, "application/json", CacheControl="no-cache")
+        remove_old_runs(storage, plan, {run_id} | {k.run_id for k in kept})
     print(format_summary(manifest, plan.bucket))
     return common.EXIT_OK
 
 
-def export_tables(conn, storage: Storage, plan: ExportPlan) -> list[ExportedObject]:
+def read_previous(storage: Storage, plan: ExportPlan) -> PreviousExport | None:
+    """The day's current manifest, read under the lock: the run this one will replace."""
+    body = storage.read(plan.manifest_key)
+    return None if body is None else parse_previous(body)
+
+
+def export_run(storage: Storage, plan: ExportPlan, run_id: str) -> list[ExportedObject]:
+    """The snapshot (opened now, under the lock), cut into batches stored under the run's folder."""
+    with password_already_judged():
+        conn = common.connect_db("export")
+    try:
+        open_snapshot(conn)
+        return export_tables(conn, storage, plan, run_id)
+    finally:
+        conn.close()
+
+
+def discard_run(storage: Storage, plan: ExportPlan, run_id: str) -> None:
+    """Best effort after a failure: a later run's retention removes whatever stays."""
+    try:
+        storage.delete(storage.list_keys(run_prefix(plan.prefix, plan.day, run_id)))
+    except Exception as exc:  # noqa: BLE001 - the run's own failure is the one to report
+        log.debug("the failed run's objects stay until a later run removes them: %s", common.first_line(exc))
+
+
+def remove_old_runs(storage: Storage, plan: ExportPlan, keep: set[str | None]) -> None:
+    """After the commit: delete the day's runs not in `keep`. The export is published
+    already, so a failure here is a warning; the next run tries again."""
+    try:
+        doomed = keys_to_delete(storage.list_keys(plan.day_prefix), plan.day_prefix, keep)
+        if doomed:
+            log.debug("deleting %d object(s) of earlier runs of %s", len(doomed), plan.day)
+            storage.delete(doomed)
+    except common.PipelineError as exc:
+        log.warning("the export is published, but earlier runs of %s were not removed: %s; the next export "
+                    "of the day removes them", plan.day, exc)
+
+
+def export_tables(conn, storage: Storage, plan: ExportPlan, run_id: str) -> list[ExportedObject]:
     """Read every table in the snapshot; batches upload while the next ones are read."""
-    pool = UploadPool(lambda *batch: upload_batch(storage, plan, *batch), plan.workers)
+    pool = UploadPool(lambda *batch: upload_batch(storage, plan, run_id, *batch), plan.workers)
     try:
         for table in common.TABLES:
             copy_table(conn, table, plan, pool.submit)

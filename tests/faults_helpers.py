@@ -33,6 +33,7 @@ from conftest import REPO, libpq_env
 
 POLL_SECONDS = 0.002  # between two looks at a condition; the deadline bounds the wait
 LOADER_APPLICATION = "data-waddle transform_load"  # set by waddle_common.connect_db
+EXPORT_LOCK_APPLICATION = "data-waddle export lock"  # the export's session holding its advisory lock
 
 
 # ---------------------------------------------------------------------------------------
@@ -169,24 +170,35 @@ INTERNAL_ERROR = (500, b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>
                        b"<Message>We encountered an internal error. Please try again.</Message></Error>")
 
 
+class QuietServer(http.server.ThreadingHTTPServer):
+    """Says nothing when a client went away before its answer (a killed export)."""
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+
 class FaultyStore:
     """An HTTP proxy on 127.0.0.1 that forwards to moto and fails some object PUTs.
 
     `fail(n)` says whether the n-th object PUT (1-based, counting retries) gets `error`
     instead of being forwarded. Counts: `puts` seen, `failed` answered with the error.
-    With `hold=True` every object PUT waits for `gate` (set `put_arrived` first): the
-    upload hangs as long as the test wants. `on_first_put()` runs once, before the first
-    object PUT is answered (to change the database in the middle of an export, say).
+    With `hold=True` every object PUT after the first `hold_after` waits for `gate` (set
+    `put_arrived` first): the upload hangs as long as the test wants. `on_first_put()` runs
+    once, before the first object PUT is answered (to change the database in the middle of
+    an export, say).
     """
 
     def __init__(self, upstream: str, fail: Callable[[int], bool] = lambda n: False,
-                 error: tuple[int, bytes] = INTERNAL_ERROR, hold: bool = False,
+                 error: tuple[int, bytes] = INTERNAL_ERROR, hold: bool = False, hold_after: int = 0,
                  on_first_put: Callable[[], object] | None = None):
         self.upstream = urlparse(upstream)
         self.on_first_put = on_first_put
         self.fail = fail
         self.error = error
         self.hold = hold
+        self.hold_after = hold_after
+        self.arrived = 0
         self.put_arrived = threading.Event()
         self.gate = threading.Event()
         self.puts = 0
@@ -200,7 +212,7 @@ class FaultyStore:
             def forward(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
-                if self.command == "PUT" and outer.is_object(self.path) and outer.hold:
+                if self.command == "PUT" and outer.is_object(self.path) and outer.holds():
                     outer.put_arrived.set()
                     outer.gate.wait(30)
                 if self.command == "PUT" and outer.is_object(self.path) and outer.should_fail():
@@ -235,9 +247,14 @@ class FaultyStore:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = QuietServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def holds(self) -> bool:
+        with self.lock:
+            self.arrived += 1
+            return self.hold and self.arrived > self.hold_after
 
     @staticmethod
     def is_object(path: str) -> bool:

@@ -405,7 +405,7 @@ def test_bad_input_sql_and_formula_text_round_trips_through_load_and_export(empt
         if key.endswith(".csv.zip"):
             with zipfile.ZipFile(io.BytesIO(s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read())) as archive:
                 (member,) = archive.namelist()
-                exported[key.split("/")[1]] = archive.read(member)
+                exported[key.split("/")[-2]] = archive.read(member)  # <day>/<run>/<table>/<name>
     customer = {r["customer_id"]: r for r in csv.DictReader(io.StringIO(exported["customer"].decode(), newline=""))}
     assert (customer["11"]["first_name"], customer["11"]["last_name"], customer["11"]["phone"]) == (
         TRICKY["first_name"], TRICKY["last_name"], TRICKY["phone"])

@@ -12,7 +12,7 @@ import io
 import json
 import re
 import zipfile
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from urllib.parse import urlparse
 
@@ -29,6 +29,7 @@ from services import free_port
 
 DAY = "2024-05-01"
 SUFFIX = {"zip": ".csv.zip", "gzip": ".csv.gz"}
+RUN = "20240501T063015.123Z-1a2b3c4d"
 
 
 # ---------------------------------------------------------------------------------------
@@ -59,8 +60,13 @@ def read_manifest(bucket: str, day: str = DAY, prefix: str = "") -> dict:
     return json.loads(get_bytes(bucket, f"{prefix}{day}/_manifest.json"))
 
 
-def manifest_exists(bucket: str, day: str = DAY, prefix: str = "") -> bool:
-    return f"{prefix}{day}/_manifest.json" in all_keys(bucket)
+def run_keys(bucket: str, run_id: str, day: str = DAY, prefix: str = "") -> list[str]:
+    """The keys under one run's folder."""
+    return [key for key in all_keys(bucket) if key.startswith(f"{prefix}{day}/{run_id}/")]
+
+
+def listed_keys(*manifests: dict) -> list[str]:
+    return sorted(o["key"] for manifest in manifests for o in manifest["objects"])
 
 
 def unpack(body: bytes, compression: str, member: str) -> bytes:
@@ -147,14 +153,113 @@ def error_lines(capsys) -> list[str]:
 @pytest.mark.parametrize(
     "prefix, table, number, compression, expected",
     [
-        ("", "booking", 1, "zip", "2024-05-01/booking/booking_2024-05-01_batch_0001.csv.zip"),
-        ("exports/", "customer", 12, "gzip", "exports/2024-05-01/customer/customer_2024-05-01_batch_0012.csv.gz"),
-        ("a/b/", "destination", 9999, "zip", "a/b/2024-05-01/destination/destination_2024-05-01_batch_9999.csv.zip"),
+        ("", "booking", 1, "zip", f"2024-05-01/{RUN}/booking/booking_2024-05-01_batch_0001.csv.zip"),
+        ("exports/", "customer", 12, "gzip",
+         f"exports/2024-05-01/{RUN}/customer/customer_2024-05-01_batch_0012.csv.gz"),
+        ("a/b/", "destination", 9999, "zip",
+         f"a/b/2024-05-01/{RUN}/destination/destination_2024-05-01_batch_9999.csv.zip"),
     ],
 )
 def test_export_key_names(prefix, table, number, compression, expected):
-    assert stage.batch_key(prefix, DAY, table, number, compression) == expected
+    assert stage.batch_key(prefix, DAY, RUN, table, number, compression) == expected
     assert stage.member_name(table, DAY, number) == expected.rsplit("/", 1)[1].rsplit(".", 1)[0]
+
+
+def test_export_run_ids_sort_by_time_and_never_repeat():
+    at = datetime(2024, 5, 1, 6, 30, 15, 123456, tzinfo=timezone.utc)
+    ids = [stage.new_run_id(at) for _ in range(50)]
+    assert all(stage.RUN_ID_PATTERN.fullmatch(i) and i.startswith("20240501T063015.123Z-") for i in ids)
+    assert len(set(ids)) == 50
+    later = stage.new_run_id(at.replace(microsecond=124000))
+    assert later > max(ids)  # one millisecond later sorts after, whatever the suffixes
+
+
+def test_export_lock_key_is_one_positive_bigint_per_bucket_prefix_and_day():
+    key = stage.export_lock_key("b", "exports/", DAY)
+    assert key == stage.export_lock_key("b", "exports/", DAY)
+    assert 0 < key < 2**63
+    others = {stage.export_lock_key(*args) for args in
+              [("b", "exports/", "2024-05-02"), ("b", "", DAY), ("c", "exports/", DAY), ("b", "exports/x/", DAY)]}
+    assert key not in others and len(others) == 4
+    assert key != transform_load_csv_data.LOAD_LOCK_KEY
+
+
+OLD = "20240501T010000.000Z-00000001"
+PREVIOUS = "20240501T020000.000Z-00000002"
+NOW = datetime(2024, 5, 1, 3, 0, 0, tzinfo=timezone.utc)
+
+
+def at_minutes_before_now(minutes: float) -> datetime:
+    return NOW - timedelta(minutes=minutes)
+
+
+@pytest.mark.parametrize(
+    "previous, expected",
+    [
+        (None, []),  # the day's first export
+        (stage.PreviousExport(None), [(None, NOW)]),  # replacing the layout before runs
+        (stage.PreviousExport(PREVIOUS), [(PREVIOUS, NOW)]),
+        (stage.PreviousExport(PREVIOUS, (stage.KeptRun(OLD, at_minutes_before_now(5)),)),
+         [(PREVIOUS, NOW), (OLD, at_minutes_before_now(5))]),  # a reader may still read OLD
+        (stage.PreviousExport(PREVIOUS, (stage.KeptRun(OLD, at_minutes_before_now(20)),)),
+         [(PREVIOUS, NOW)]),  # replaced long enough ago
+        (stage.PreviousExport(PREVIOUS, (stage.KeptRun(None, at_minutes_before_now(1)),)),
+         [(PREVIOUS, NOW), (None, at_minutes_before_now(1))]),
+        (stage.PreviousExport(None, known=False), [(None, NOW), (OLD, NOW), (PREVIOUS, NOW)]),  # keep all
+    ],
+    ids=["first", "old-layout", "previous", "recently-replaced", "long-replaced", "old-layout-recent", "unknown"],
+)
+def test_export_runs_to_keep(previous, expected):
+    kept = stage.runs_to_keep(previous, NOW, present={PREVIOUS, OLD, None})
+    assert [(k.run_id, k.replaced_at) for k in kept] == expected
+
+
+def test_export_keys_to_delete_only_touches_runs_and_the_old_layout():
+    day = "exports/2024-05-01/"
+    keys = [
+        f"{day}_manifest.json",
+        f"{day}notes.txt",
+        f"{day}mine/booking/x.csv.zip",  # not a run id: someone else's folder
+        f"{day}{RUN}/booking/booking_2024-05-01_batch_0001.csv.zip",
+        f"{day}{OLD}/booking/booking_2024-05-01_batch_0001.csv.zip",
+        f"{day}{OLD}/customer/customer_2024-05-01_batch_0001.csv.zip",
+        f"{day}{PREVIOUS}/destination/destination_2024-05-01_batch_0001.csv.zip",
+        f"{day}booking/booking_2024-05-01_batch_0001.csv.zip",  # the layout before runs
+        "exports/2024-05-02/booking/booking_2024-05-02_batch_0001.csv.zip",  # another day
+    ]
+    assert stage.keys_to_delete(keys, day, {RUN, PREVIOUS}) == [
+        f"{day}{OLD}/booking/booking_2024-05-01_batch_0001.csv.zip",
+        f"{day}{OLD}/customer/customer_2024-05-01_batch_0001.csv.zip",
+        f"{day}booking/booking_2024-05-01_batch_0001.csv.zip",
+    ]
+    assert stage.keys_to_delete(keys, day, {RUN, PREVIOUS, OLD, None}) == []
+    assert stage.runs_present(keys, day) == {RUN, OLD, PREVIOUS, None}
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        (b'{"format_version": 1, "objects": []}', stage.PreviousExport(None)),  # before runs
+        (json.dumps({"format_version": 1, "run_id": PREVIOUS, "kept_runs": [
+            {"run_id": OLD, "replaced_at": "2024-05-01T02:55:00Z"},
+            {"run_id": None, "replaced_at": "2024-05-01T02:00:00Z"},
+        ]}).encode(), stage.PreviousExport(PREVIOUS, (
+            stage.KeptRun(OLD, datetime(2024, 5, 1, 2, 55, tzinfo=timezone.utc)),
+            stage.KeptRun(None, datetime(2024, 5, 1, 2, 0, tzinfo=timezone.utc)),
+        ))),
+        (b"not json", stage.PreviousExport(None, known=False)),
+        (b"\xff\xfe", stage.PreviousExport(None, known=False)),
+        (b'{"format_version": 2, "run_id": "x"}', stage.PreviousExport(None, known=False)),
+        (b'{"format_version": 1, "run_id": "../../etc"}', stage.PreviousExport(None, known=False)),
+        (json.dumps({"format_version": 1, "run_id": PREVIOUS, "kept_runs": [{"run_id": "x/y", "replaced_at": ""}]})
+         .encode(), stage.PreviousExport(None, known=False)),
+        (json.dumps({"format_version": 1, "run_id": PREVIOUS, "kept_runs": "all"}).encode(),
+         stage.PreviousExport(None, known=False)),
+    ],
+    ids=["old-layout", "runs", "not-json", "not-utf8", "newer-format", "bad-run-id", "bad-kept-run", "bad-kept-list"],
+)
+def test_export_parse_previous_manifest(body, expected):
+    assert stage.parse_previous(body) == expected
 
 
 @pytest.mark.parametrize("prefix", ["exports/", "a/b/", ""])
@@ -264,7 +369,7 @@ def plan(**overrides) -> stage.ExportPlan:
 
 def test_export_build_manifest_follows_the_contract():
     def made(table, number, rows, size, sha256):
-        key = stage.batch_key("exports/", DAY, table, number, "zip")
+        key = stage.batch_key("exports/", DAY, RUN, table, number, "zip")
         return stage.ExportedObject(key, table, number, rows, size, sha256)
 
     objects = [
@@ -273,13 +378,17 @@ def test_export_build_manifest_follows_the_contract():
     ]
     at = datetime(2024, 5, 1, 6, 30, 15, 123456, tzinfo=timezone.utc)
 
-    manifest = stage.build_manifest(plan(), at, objects)
+    kept = [stage.KeptRun(PREVIOUS, datetime(2024, 5, 1, 6, 31, 2, tzinfo=timezone.utc)),
+            stage.KeptRun(None, datetime(2024, 5, 1, 6, 20, tzinfo=timezone.utc))]
+
+    manifest = stage.build_manifest(plan(), RUN, at, objects, kept)
 
     assert manifest == {
         "format_version": 1,
         "date": "2024-05-01",
         "prefix": "exports/2024-05-01/",
         "exported_at": "2024-05-01T06:30:15Z",
+        "run_id": RUN,
         "tool": "data-waddle",
         "tool_version": common.__version__,
         "compression": "zip",
@@ -297,7 +406,12 @@ def test_export_build_manifest_follows_the_contract():
             {"key": o.key, "table": o.table, "rows": o.rows, "bytes": o.bytes, "sha256": o.sha256}
             for o in (objects[2], objects[0], objects[1], objects[3])
         ],
+        "kept_runs": [
+            {"run_id": PREVIOUS, "replaced_at": "2024-05-01T06:31:02Z"},
+            {"run_id": None, "replaced_at": "2024-05-01T06:20:00Z"},
+        ],
     }
+    assert stage.parse_previous(json.dumps(manifest).encode()) == stage.PreviousExport(RUN, tuple(kept))
     assert [o["key"] for o in manifest["objects"]] == sorted(o["key"] for o in manifest["objects"])
 
 
@@ -377,12 +491,16 @@ def test_export_writes_layout_content_manifest_and_encryption(loaded_db, s3_buck
 
     manifest = read_manifest(s3_bucket)
     keys = [o["key"] for o in manifest["objects"]]
+    run_id = manifest["run_id"]
+    assert stage.RUN_ID_PATTERN.fullmatch(run_id)
     assert keys == [
-        "2024-05-01/booking/booking_2024-05-01_batch_0001.csv.zip",
-        "2024-05-01/customer/customer_2024-05-01_batch_0001.csv.zip",
-        "2024-05-01/destination/destination_2024-05-01_batch_0001.csv.zip",
+        f"2024-05-01/{run_id}/booking/booking_2024-05-01_batch_0001.csv.zip",
+        f"2024-05-01/{run_id}/customer/customer_2024-05-01_batch_0001.csv.zip",
+        f"2024-05-01/{run_id}/destination/destination_2024-05-01_batch_0001.csv.zip",
     ]
     assert all_keys(s3_bucket) == sorted(keys + ["2024-05-01/_manifest.json"])
+    assert manifest["kept_runs"] == []  # the day's first export replaced nothing
+    assert f"manifest: s3://{s3_bucket}/2024-05-01/_manifest.json (run {run_id})" in out
     assert manifest["format_version"] == 1
     assert manifest["date"] == DAY
     assert manifest["prefix"] == "2024-05-01/"
@@ -391,6 +509,7 @@ def test_export_writes_layout_content_manifest_and_encryption(loaded_db, s3_buck
     exported_at = datetime.fromisoformat(manifest["exported_at"])
     assert manifest["exported_at"].endswith("Z") and exported_at.utcoffset().total_seconds() == 0
     assert abs((datetime.now(timezone.utc) - exported_at).total_seconds()) < 600
+    assert run_id.startswith(exported_at.strftime("%Y%m%dT%H%M%S"))
     assert {t: manifest["tables"][t]["columns"] for t in common.TABLES} == {
         t: list(stage.EXPORT_COLUMNS[t]) for t in common.TABLES
     }
@@ -477,11 +596,12 @@ def test_export_gzip_mode(loaded_db, s3_bucket, monkeypatch, how):
     manifest = read_manifest(s3_bucket, prefix="exports/")
     assert manifest["compression"] == "gzip"
     assert manifest["prefix"] == "exports/2024-05-01/"
+    run_id = manifest["run_id"]
     assert all_keys(s3_bucket) == sorted([
         "exports/2024-05-01/_manifest.json",
-        "exports/2024-05-01/booking/booking_2024-05-01_batch_0001.csv.gz",
-        "exports/2024-05-01/customer/customer_2024-05-01_batch_0001.csv.gz",
-        "exports/2024-05-01/destination/destination_2024-05-01_batch_0001.csv.gz",
+        f"exports/2024-05-01/{run_id}/booking/booking_2024-05-01_batch_0001.csv.gz",
+        f"exports/2024-05-01/{run_id}/customer/customer_2024-05-01_batch_0001.csv.gz",
+        f"exports/2024-05-01/{run_id}/destination/destination_2024-05-01_batch_0001.csv.gz",
     ])
     for entry in manifest["objects"]:
         body = get_bytes(s3_bucket, entry["key"])
@@ -499,7 +619,7 @@ def test_export_small_batch_size_gives_several_batches(loaded_db, s3_bucket):
         entries = [o for o in manifest["objects"] if o["table"] == table]
         expected_batches = -(-total // 30)
         assert [o["key"] for o in entries] == [
-            stage.batch_key("", DAY, table, n, "zip") for n in range(1, expected_batches + 1)
+            stage.batch_key("", DAY, manifest["run_id"], table, n, "zip") for n in range(1, expected_batches + 1)
         ]
         assert [o["rows"] for o in entries] == [30] * (expected_batches - 1) + [total - 30 * (expected_batches - 1)]
     assert len([o for o in manifest["objects"] if o["table"] == "booking"]) > 2
@@ -514,38 +634,130 @@ def test_export_batch_size_from_environment(loaded_db, s3_bucket, monkeypatch):
     assert len([o for o in manifest["objects"] if o["table"] == "customer"]) == -(-rows // 100)
 
 
-def test_export_rerun_same_day_replaces_the_export(loaded_db, s3_bucket):
+def test_export_rerun_same_day_writes_a_new_run_and_keeps_the_replaced_ones(loaded_db, s3_bucket):
     assert run("--batch-size", "20") == 0
     first = read_manifest(s3_bucket)
-    first_keys = {o["key"] for o in first["objects"]}
+    first_bytes = {o["key"]: get_bytes(s3_bucket, o["key"]) for o in first["objects"]}
     bookings_before = first["tables"]["booking"]["rows"]
     query(loaded_db, "DELETE FROM booking WHERE booking_id NOT IN (SELECT booking_id FROM booking ORDER BY 1 LIMIT 50)")
 
     assert run("--batch-size", "20") == 0
 
     second = read_manifest(s3_bucket)
+    assert second["run_id"] > first["run_id"]
     assert second["tables"]["booking"]["rows"] == 50 < bookings_before
     booking_keys = [o["key"] for o in second["objects"] if o["table"] == "booking"]
-    assert booking_keys == [stage.batch_key("", DAY, "booking", n, "zip") for n in (1, 2, 3)]
-    assert all_keys(s3_bucket) == sorted([o["key"] for o in second["objects"]] + ["2024-05-01/_manifest.json"])
-    assert first_keys - set(all_keys(s3_bucket))  # the earlier run's extra batches are gone
+    assert booking_keys == [stage.batch_key("", DAY, second["run_id"], "booking", n, "zip") for n in (1, 2, 3)]
     assert_export_equals_database(s3_bucket, loaded_db, second)
+    # Nothing of the first run was overwritten or removed: a reader holding its manifest reads it all.
+    assert all_keys(s3_bucket) == sorted(listed_keys(first, second) + ["2024-05-01/_manifest.json"])
+    assert {key: get_bytes(s3_bucket, key) for key in first_bytes} == first_bytes
+    exported_tables(s3_bucket, first)
+    assert [k["run_id"] for k in second["kept_runs"]] == [first["run_id"]]
 
-    # A third run in the other format leaves none of the zip objects behind.
+    # A third run in the other format: the first was replaced moments ago, so it stays too.
     assert run("--compression", "gzip") == 0
-    assert all(key.endswith((".csv.gz", "_manifest.json")) for key in all_keys(s3_bucket))
-    assert len(all_keys(s3_bucket)) == 4
+    third = read_manifest(s3_bucket)
+    assert [k["run_id"] for k in third["kept_runs"]] == [second["run_id"], first["run_id"]]
+    assert all_keys(s3_bucket) == sorted(listed_keys(first, second, third) + ["2024-05-01/_manifest.json"])
+    assert all(o["key"].endswith(".csv.gz") for o in third["objects"])
 
 
-def test_export_other_days_and_foreign_objects_are_left_alone(loaded_db, s3_bucket):
+def test_export_retention_deletes_runs_replaced_long_ago_keeps_the_previous(loaded_db, s3_bucket, monkeypatch):
+    monkeypatch.setattr(stage, "KEEP_REPLACED_SECONDS", 0)  # every replaced run is old enough to go
+    manifests = []
+    for _ in range(3):
+        assert run("--batch-size", "100") == 0
+        manifests.append(read_manifest(s3_bucket))
+    first, second, third = manifests
+
+    assert [k["run_id"] for k in third["kept_runs"]] == [second["run_id"]]  # the previous, always
+    assert run_keys(s3_bucket, first["run_id"]) == []
+    assert all_keys(s3_bucket) == sorted(listed_keys(second, third) + ["2024-05-01/_manifest.json"])
+    exported_tables(s3_bucket, second)
+
+
+def test_export_reader_holding_an_old_manifest_reads_exactly_its_bytes(loaded_db, s3_bucket):
+    """A reader fetched the manifest, then two runs with changed rows commit while it reads:
+    every object it lists is still there, byte for byte, holding the rows of its snapshot."""
+    assert run("--batch-size", "30") == 0
+    held = read_manifest(s3_bucket)
+    before = {table: database_rows(loaded_db, table) for table in common.TABLES}
+    query(loaded_db, "UPDATE customer SET first_name = first_name || ' (changed)'")
+    query(loaded_db, "DELETE FROM booking WHERE booking_id IN (SELECT booking_id FROM booking ORDER BY 1 LIMIT 10)")
+
+    assert run("--batch-size", "30") == 0
+    assert run("--batch-size", "30") == 0
+
+    current = read_manifest(s3_bucket)
+    assert current["run_id"] != held["run_id"]
+    assert held["run_id"] in [k["run_id"] for k in current["kept_runs"]]
+    for table, (header, rows) in exported_tables(s3_bucket, held).items():
+        assert typed_rows(header, rows) == before[table], table
+    assert_export_equals_database(s3_bucket, loaded_db, current)
+
+
+def test_export_replaces_the_layout_before_runs_then_deletes_it(loaded_db, s3_bucket, monkeypatch):
+    """An export of the previous version (objects at <day>/<table>/...) stays readable until
+    a run replaces its manifest, and goes with the next one; a failed run's leftovers and
+    objects this stage did not write are handled as such."""
+    monkeypatch.setattr(stage, "KEEP_REPLACED_SECONDS", 0)
+    old_objects = []
+    for table in common.TABLES:
+        body = stage.compress_batch(stage.csv_header(table), stage.member_name(table, DAY, 1), "zip", 6, DAY)
+        key = f"{DAY}/{table}/{table}_{DAY}_batch_0001.csv.zip"
+        s3().put_object(Bucket=s3_bucket, Key=key, Body=body)
+        old_objects.append({"key": key, "table": table, "rows": 0, "bytes": len(body),
+                            "sha256": hashlib.sha256(body).hexdigest()})
+    old_manifest = {"format_version": 1, "date": DAY, "prefix": f"{DAY}/", "compression": "zip",
+                    "tables": {t: {"columns": list(stage.EXPORT_COLUMNS[t]), "rows": 0} for t in common.TABLES},
+                    "objects": old_objects}
+    s3().put_object(Bucket=s3_bucket, Key=f"{DAY}/_manifest.json", Body=json.dumps(old_manifest).encode())
+    failed = f"{DAY}/20240501T000000.000Z-deadbeef/customer/customer_{DAY}_batch_0001.csv.zip"
+    foreign = [f"{DAY}/notes.txt", f"{DAY}/mine/booking/x.csv.zip"]
+    for key in [failed, *foreign]:
+        s3().put_object(Bucket=s3_bucket, Key=key, Body=b"x")
+
+    assert run() == 0
+    first = read_manifest(s3_bucket)
+    assert first["kept_runs"] == [{"run_id": None, "replaced_at": first["kept_runs"][0]["replaced_at"]}]
+    assert all_keys(s3_bucket) == sorted(listed_keys(first, old_manifest) + foreign + [f"{DAY}/_manifest.json"])
+    exported_tables(s3_bucket, old_manifest)  # a reader holding the old manifest still reads it
+
+    assert run() == 0
+    second = read_manifest(s3_bucket)
+    assert [k["run_id"] for k in second["kept_runs"]] == [first["run_id"]]
+    assert all_keys(s3_bucket) == sorted(listed_keys(first, second) + foreign + [f"{DAY}/_manifest.json"])
+
+
+def test_export_other_days_and_foreign_objects_are_left_alone(loaded_db, s3_bucket, monkeypatch):
+    monkeypatch.setattr(stage, "KEEP_REPLACED_SECONDS", 0)
     s3().put_object(Bucket=s3_bucket, Key="2024-05-01/notes.txt", Body=b"kept")
     assert stage.main(["--date", "2024-04-30"]) == 0
+    assert run() == 0
     assert run() == 0
     assert run() == 0
     keys = all_keys(s3_bucket)
     assert "2024-05-01/notes.txt" in keys
     assert "2024-04-30/_manifest.json" in keys
     assert len([k for k in keys if k.startswith("2024-04-30/")]) == 4
+    assert len([k for k in keys if k.startswith("2024-05-01/")]) == 2 * 3 + 2  # two runs, manifest, notes
+
+
+def test_export_unreadable_previous_manifest_keeps_every_run(loaded_db, s3_bucket, monkeypatch, capsys):
+    """A manifest this version does not understand (garbage, or a newer format) names runs
+    that readers may be using: they are all kept until a later run knows they were replaced."""
+    monkeypatch.setattr(stage, "KEEP_REPLACED_SECONDS", 0)
+    assert run() == 0
+    first = read_manifest(s3_bucket)
+    s3().put_object(Bucket=s3_bucket, Key=f"{DAY}/_manifest.json", Body=b'{"format_version": 2}')
+    capsys.readouterr()
+
+    assert run() == 0
+    assert "the day's previous manifest cannot be read" in capsys.readouterr().err
+    second = read_manifest(s3_bucket)
+    assert [k["run_id"] for k in second["kept_runs"]] == [first["run_id"]]
+    assert all_keys(s3_bucket) == sorted(listed_keys(first, second) + [f"{DAY}/_manifest.json"])
 
 
 def test_export_empty_tables_have_one_header_only_object_each(schema_db, s3_bucket):
@@ -600,9 +812,10 @@ def test_export_snapshot_ignores_changes_committed_during_the_run(loaded_db, s3_
     assert database_rows(loaded_db, "booking") != before["booking"]  # the change did happen
 
 
-def test_export_failure_part_way_leaves_no_manifest(loaded_db, s3_bucket, monkeypatch, moto_endpoint, capsys):
+def test_export_failure_part_way_keeps_the_previous_export(loaded_db, s3_bucket, monkeypatch, moto_endpoint,
+                                                          capsys):
     assert run("--batch-size", "20") == 0
-    assert manifest_exists(s3_bucket)
+    previous = read_manifest(s3_bucket)
     capsys.readouterr()
 
     # A store whose policy changes mid-run: 403 is not retried by botocore.
@@ -615,12 +828,15 @@ def test_export_failure_part_way_leaves_no_manifest(loaded_db, s3_bucket, monkey
     assert code == 1
     lines = error_lines(capsys)
     assert len(lines) == 1 and lines[0].startswith("batch_transfer_data_to_cloud_storage: error: access denied")
-    assert not manifest_exists(s3_bucket)  # the day is not visible: neither run's export
+    # The day still shows the previous export, complete; the failed run removed what it stored.
+    assert read_manifest(s3_bucket) == previous
+    assert_export_equals_database(s3_bucket, loaded_db, previous)
+    assert all_keys(s3_bucket) == sorted(listed_keys(previous) + ["2024-05-01/_manifest.json"])
 
-    # The next good run brings the day back, with no leftovers of either earlier run.
     assert run("--batch-size", "20") == 0
     manifest = read_manifest(s3_bucket)
-    assert all_keys(s3_bucket) == sorted([o["key"] for o in manifest["objects"]] + ["2024-05-01/_manifest.json"])
+    assert [k["run_id"] for k in manifest["kept_runs"]] == [previous["run_id"]]
+    assert all_keys(s3_bucket) == sorted(listed_keys(previous, manifest) + ["2024-05-01/_manifest.json"])
 
 
 def test_export_missing_bucket_exits_1_with_one_line(loaded_db, s3_bucket, monkeypatch, capsys):

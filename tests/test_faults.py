@@ -16,8 +16,13 @@ had some; they are referenced, not repeated):
   Latin-1 bytes, CR-only line ends: test_faults_download_* below
 - S3 500 / SlowDown for some PUTs: test_faults_export_retries_store_faults; a store that
   keeps failing: test_faults_export_store_keeps_failing_then_rerun (and
-  test_export.py::test_export_failure_part_way_leaves_no_manifest for AccessDenied)
-- the export SIGKILLed during an upload: test_faults_export_killed_mid_upload_hides_the_day
+  test_export.py::test_export_failure_part_way_keeps_the_previous_export for AccessDenied)
+- the export SIGKILLed during an upload: test_faults_export_killed_mid_upload_keeps_the_previous_export
+- two exports of one day at once, a load committed between them:
+  test_faults_two_exports_of_a_day_are_serialised; an export waiting for the lock reads
+  what was committed while it waited: test_faults_export_snapshot_starts_once_the_lock_is_held;
+  Ctrl-C while it waits: test_faults_export_waiting_for_the_lock_stops_on_ctrl_c; the lock's
+  session lost mid-run: test_faults_export_that_lost_its_lock_publishes_nothing
 - Lambda, a listed object missing or altered: test_lambda.py::test_lambda_listed_object_missing_names_its_key
   and test_lambda.py::test_lambda_corrupted_object_names_its_key
 
@@ -41,6 +46,7 @@ import download_dataset
 import transform_load_csv_data as load_stage
 from conftest import SAMPLE_DIR, apply_schema, new_database, query, with_database, write_csv
 from faults_helpers import (
+    EXPORT_LOCK_APPLICATION,
     INTERNAL_ERROR,
     SLOW_DOWN,
     BrokenBody,
@@ -61,6 +67,7 @@ from services import EmbeddedPostgres, Reply
 
 DAY = "2024-05-01"
 LOADER = "transform_load_csv_data.py"
+EXPORTER = "batch_transfer_data_to_cloud_storage.py"
 SAMPLE_COUNTS = {"customer": 201, "destination": 51, "booking": 203}
 BOOKING_CSV = (SAMPLE_DIR / "booking.csv").read_bytes()
 
@@ -449,12 +456,21 @@ def sample_db(exported_sample_db, monkeypatch):
     return exported_sample_db
 
 
-def assert_complete_export(bucket: str) -> None:
-    """The day's manifest lists exactly the objects in its folders, all intact, all rows."""
+def assert_complete_export(bucket: str) -> dict:
+    """The day's manifest lists intact objects holding every row, its run's folder holds
+    exactly those, and the day holds nothing else but the runs the manifest keeps."""
     stated, _ = exported_state(bucket)
     assert stated == SAMPLE_COUNTS
     manifest = read_manifest(bucket, DAY)
-    assert s3_keys(bucket) == sorted([o["key"] for o in manifest["objects"]] + [f"{DAY}/_manifest.json"])
+    run_folder = f"{DAY}/{manifest['run_id']}/"
+    assert [k for k in s3_keys(bucket) if k.startswith(run_folder)] == sorted(o["key"] for o in manifest["objects"])
+    kept = {f"{DAY}/{k['run_id']}/" for k in manifest["kept_runs"]}
+    assert all(key == f"{DAY}/_manifest.json" or key.startswith((run_folder, *kept)) for key in s3_keys(bucket))
+    return manifest
+
+
+def run_keys(bucket: str, run_id: str) -> list[str]:
+    return [key for key in s3_keys(bucket) if key.startswith(f"{DAY}/{run_id}/")]
 
 
 @pytest.mark.parametrize(
@@ -478,6 +494,7 @@ def test_faults_export_retries_store_faults(sample_db, s3_bucket, moto_endpoint,
 
 def test_faults_export_store_keeps_failing_then_rerun(sample_db, s3_bucket, moto_endpoint, monkeypatch, capsys):
     assert export_stage.main(["--date", DAY, "--batch-size", "50"]) == 0
+    previous = read_manifest(s3_bucket, DAY)
     capsys.readouterr()
 
     with FaultyStore(moto_endpoint, lambda n: True) as store:
@@ -491,30 +508,163 @@ def test_faults_export_store_keeps_failing_then_rerun(sample_db, s3_bucket, moto
     assert lines[0].startswith(f"batch_transfer_data_to_cloud_storage: error: S3 refused uploading {DAY}/")
     assert lines[0].endswith(f"in bucket {s3_bucket} (InternalError: We encountered an internal error. "
                              "Please try again.)")
-    assert read_manifest(s3_bucket, DAY) is None  # the day is not visible
-
-    assert export_stage.main(["--date", DAY, "--batch-size", "40"]) == 0
+    assert read_manifest(s3_bucket, DAY) == previous  # readers still see the previous export, whole
     assert_complete_export(s3_bucket)
 
+    assert export_stage.main(["--date", DAY, "--batch-size", "40"]) == 0
+    assert [k["run_id"] for k in assert_complete_export(s3_bucket)["kept_runs"]] == [previous["run_id"]]
 
-def test_faults_export_killed_mid_upload_hides_the_day(sample_db, s3_bucket, moto_endpoint, monkeypatch, tmp_path):
-    """SIGKILL while an upload hangs: the day has no manifest (readers see no export, not a
-    mix of two), and the next run writes a complete one with no leftovers."""
+
+def test_faults_export_killed_mid_upload_keeps_the_previous_export(sample_db, s3_bucket, moto_endpoint, monkeypatch,
+                                                                  tmp_path):
+    """SIGKILL after 5 objects are stored, while the next uploads hang: the day still shows
+    the previous export, whole; the next run publishes a complete one and deletes the killed
+    run's objects (no manifest ever named them)."""
+    monkeypatch.setattr(export_stage, "KEEP_REPLACED_SECONDS", 0)
     assert export_stage.main(["--date", DAY, "--batch-size", "50"]) == 0
-    with FaultyStore(moto_endpoint, hold=True) as store:
+    previous = read_manifest(s3_bucket, DAY)
+    # PUTs after the 5th hang, then fail: none reaches the store after the kill.
+    with FaultyStore(moto_endpoint, fail=lambda n: n > 5, hold=True, hold_after=5) as store:
         env = stage_env(sample_db, AWS_ENDPOINT_URL=store.url)
-        exporter = start_stage("batch_transfer_data_to_cloud_storage.py", ["--date", DAY, "--batch-size", "40"],
-                               env, tmp_path)
+        exporter = start_stage(EXPORTER, ["--date", DAY, "--batch-size", "40"], env, tmp_path)
         try:
-            assert store.put_arrived.wait(60), "the export never started an upload"
+            assert store.put_arrived.wait(60), "the export never reached its 6th upload"
         finally:
             exporter.kill()
             exporter.communicate(timeout=30)
     assert exporter.returncode == -signal.SIGKILL
 
-    assert read_manifest(s3_bucket, DAY) is None
+    assert read_manifest(s3_bucket, DAY) == previous
+    assert exported_state(s3_bucket)[0] == SAMPLE_COUNTS  # readable, whole
+    (killed,) = {key.split("/")[1] for key in s3_keys(s3_bucket)} - {previous["run_id"], "_manifest.json"}
+    assert len(run_keys(s3_bucket, killed)) == 5
+
     assert export_stage.main(["--date", DAY, "--batch-size", "40"]) == 0
+    manifest = assert_complete_export(s3_bucket)
+    assert run_keys(s3_bucket, killed) == []
+    assert [k["run_id"] for k in manifest["kept_runs"]] == [previous["run_id"]]
+
+
+def test_faults_two_exports_of_a_day_are_serialised(schema_db, s3_bucket, moto_endpoint, tmp_path):
+    """The issue's case: a slow export (--batch-size 1 --workers 1, its uploads hanging) has
+    its snapshot; a load commits; a second export starts. The second waits for the first to
+    publish, then exports a snapshot taken after the load: its manifest is the day's, every
+    object matches its SHA-256, and the first run's objects are intact beside it."""
+    loaded_sample(schema_db)
+    for name, text in LATER.items():
+        write_csv(tmp_path / "later" / name, text)
+    key = export_stage.export_lock_key(s3_bucket, "", DAY)
+    observer = Observer(schema_db)
+    exporters = []
+    try:
+        with FaultyStore(moto_endpoint, hold=True) as slow_store:
+            exporters.append(start_stage(EXPORTER, ["--date", DAY, "--batch-size", "1", "--workers", "1"],
+                                         stage_env(schema_db, AWS_ENDPOINT_URL=slow_store.url), tmp_path))
+            assert slow_store.put_arrived.wait(60), "the first export never started an upload"
+            assert load_stage.main(["--data-dir", str(tmp_path / "later")]) == 0
+            exporters.append(start_stage(EXPORTER, ["--date", DAY, "--verbose"], stage_env(schema_db), tmp_path))
+            wait_until(lambda: observer.waiting_on_advisory(key, EXPORT_LOCK_APPLICATION),
+                       "the second export to wait for the first", timeout=60)
+            slow_store.gate.set()
+            results = [exporter.communicate(timeout=120) for exporter in exporters]
+    finally:
+        for exporter in exporters:
+            if exporter.poll() is None:
+                exporter.kill()
+        observer.close()
+
+    assert [exporter.returncode for exporter in exporters] == [0, 0], results
+    assert f"another export of {DAY} to s3://{s3_bucket}/{DAY}/ is running; waiting for it to finish" in results[1][1]
+    after = {"customer": 202, "destination": 52, "booking": 205}
+    stated, keys = exported_state(s3_bucket)  # checks every object's size and SHA-256
+    assert stated == after and "500" in keys["customer"] and "901" in keys["booking"]
+    manifest = read_manifest(s3_bucket, DAY)
+    (first_run,) = [k["run_id"] for k in manifest["kept_runs"]]
+    assert first_run < manifest["run_id"]
+    # One row per object: the first run's snapshot, before the load, is intact beside the second's.
+    assert len(run_keys(s3_bucket, first_run)) == sum(SAMPLE_COUNTS.values())
+
+
+def test_faults_export_snapshot_starts_once_the_lock_is_held(schema_db, s3_bucket, tmp_path):
+    """The test holds the day's export lock: the export waits (and says so); a change
+    committed while it waits is in what it then exports."""
+    loaded_sample(schema_db)
+    key = export_stage.export_lock_key(s3_bucket, "", DAY)
+    holder = psycopg2.connect(schema_db)
+    holder.autocommit = True
+    observer = Observer(schema_db)
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(%s)", (key,))
+        exporter = start_stage(EXPORTER, ["--date", DAY, "--verbose"], stage_env(schema_db), tmp_path)
+        wait_until(lambda: observer.waiting_on_advisory(key, EXPORT_LOCK_APPLICATION), "the export to wait",
+                   timeout=60)
+        query(schema_db, "UPDATE destination SET destination = 'Renamed while waiting' WHERE destination_id = "
+                         "(SELECT min(destination_id) FROM destination)")
+        assert read_manifest(s3_bucket, DAY) is None
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        _, stderr = exporter.communicate(timeout=120)
+    finally:
+        holder.close()
+        observer.close()
+
+    assert exporter.returncode == 0, stderr
+    assert "is running; waiting for it to finish" in stderr
+    rows = export_rows(s3_bucket, read_manifest(s3_bucket, DAY))
+    assert "Renamed while waiting" in {row["destination"] for row in rows["destination"]}
+
+
+def test_faults_export_waiting_for_the_lock_stops_on_ctrl_c(schema_db, s3_bucket, tmp_path):
+    """libpq's wait for a lock does not see signals: without care, Ctrl-C would be ignored
+    until the other export finished."""
+    key = export_stage.export_lock_key(s3_bucket, "", DAY)
+    holder = psycopg2.connect(schema_db)
+    holder.autocommit = True
+    observer = Observer(schema_db)
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(%s)", (key,))
+        exporter = start_stage(EXPORTER, ["--date", DAY], stage_env(schema_db), tmp_path)
+        wait_until(lambda: observer.waiting_on_advisory(key, EXPORT_LOCK_APPLICATION), "the export to wait",
+                   timeout=60)
+        exporter.send_signal(signal.SIGINT)
+        _, stderr = exporter.communicate(timeout=30)  # the lock is still held by the test
+        wait_until(lambda: not observer.backends(EXPORT_LOCK_APPLICATION), "the export's session to end")
+    finally:
+        holder.close()
+        observer.close()
+
+    assert exporter.returncode == 130
+    assert stderr.strip().splitlines() == ["batch_transfer_data_to_cloud_storage: error: interrupted"]
+    assert s3_keys(s3_bucket) == []
+
+
+def test_faults_export_that_lost_its_lock_publishes_nothing(sample_db, s3_bucket, moto_endpoint, tmp_path):
+    """The lock's session ends while the export uploads (an administrator's
+    pg_terminate_backend, a network cut): another export may now run, so this one publishes
+    nothing, removes its objects and says so."""
+    assert export_stage.main(["--date", DAY, "--batch-size", "50"]) == 0
+    previous = read_manifest(s3_bucket, DAY)
+    observer = Observer(sample_db)
+    try:
+        with FaultyStore(moto_endpoint, hold=True) as store:
+            exporter = start_stage(EXPORTER, ["--date", DAY, "--batch-size", "40"],
+                                   stage_env(sample_db, AWS_ENDPOINT_URL=store.url), tmp_path)
+            assert store.put_arrived.wait(60), "the export never started an upload"
+            (lock_backend,) = observer.backends(EXPORT_LOCK_APPLICATION)
+            observer.rows("SELECT pg_terminate_backend(%s)", (lock_backend,))
+            store.gate.set()
+            _, stderr = exporter.communicate(timeout=120)
+    finally:
+        observer.close()
+
+    assert exporter.returncode == 1
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith("batch_transfer_data_to_cloud_storage: error: lost the export lock before publishing")
+    assert read_manifest(s3_bucket, DAY) == previous
     assert_complete_export(s3_bucket)
+    assert {key.split("/")[1] for key in s3_keys(s3_bucket)} == {previous["run_id"], "_manifest.json"}
 
 
 def test_faults_download_cr_only_line_endings_are_a_csv(http_server, monkeypatch, tmp_path):

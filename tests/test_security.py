@@ -677,11 +677,14 @@ def test_security_export_user_policy_in_template_and_readme_grants_only_what_the
         assert {sid: set(as_list(s["Action"])) for sid, s in policy.items()} == {
             "ListTheExportPrefix": {"s3:ListBucket"},
             "WriteAndReplaceTheExports": {"s3:PutObject", "s3:DeleteObject"},
+            "ReadTheManifests": {"s3:GetObject"},  # only the day's manifest, which a run replaces
         }
         assert all(s["Effect"] == "Allow" for s in policy.values())
         assert "StringLikeIfExists" in policy["ListTheExportPrefix"]["Condition"]
     assert readme_policy["WriteAndReplaceTheExports"]["Resource"] == "arn:aws:s3:::my-data-waddle-bucket/exports/*"
     assert json.dumps(template_policy["WriteAndReplaceTheExports"]["Resource"]).endswith('/${ExportPrefix}*"}')
+    assert readme_policy["ReadTheManifests"]["Resource"] == "arn:aws:s3:::my-data-waddle-bucket/exports/*/_manifest.json"
+    assert json.dumps(template_policy["ReadTheManifests"]["Resource"]).endswith('/${ExportPrefix}*/_manifest.json"}')
 
 
 @pytest.mark.parametrize("script", ["waddle_common.py", "download_dataset.py", "transform_load_csv_data.py",

@@ -74,9 +74,9 @@ def row_versions(url: str) -> dict[str, list]:
     }
 
 
-def exported_rows(mirror: Path, day: str, table: str) -> int:
+def exported_rows(mirror: Path, manifest: dict, table: str) -> int:
     rows = 0
-    for path in sorted((mirror / day / table).glob("*.csv.zip")):
+    for path in sorted((mirror / manifest["date"] / manifest["run_id"] / table).glob("*.csv.zip")):
         with zipfile.ZipFile(path) as archive:
             for member in archive.namelist():
                 rows += archive.read(member).decode().count("\n") - 1  # minus the header
@@ -117,7 +117,7 @@ def test_travel_sh_local_mode_runs_everything_and_a_rerun_changes_nothing(local_
     mirror = local_repo / ".local" / "s3"
     manifest = json.loads((mirror / day / "_manifest.json").read_text())
     assert {t: manifest["tables"][t]["rows"] for t in counts} == counts
-    assert {t: exported_rows(mirror, day, t) for t in counts} == counts
+    assert {t: exported_rows(mirror, manifest, t) for t in counts} == counts
     assert sorted(o["key"] for o in manifest["objects"]) == sorted(
         p.relative_to(mirror).as_posix() for p in mirror.rglob("*.csv.zip")
     )
@@ -134,8 +134,12 @@ def test_travel_sh_local_mode_runs_everything_and_a_rerun_changes_nothing(local_
     finally:
         cluster.stop()
     again = json.loads((mirror / day / "_manifest.json").read_text())
-    assert sorted(o["key"] for o in again["objects"]) == sorted(o["key"] for o in manifest["objects"])
+    assert again["run_id"] > manifest["run_id"]  # a new run, beside the one it replaced
+    assert sorted(o["key"] for o in again["objects"]) == sorted(
+        o["key"].replace(manifest["run_id"], again["run_id"]) for o in manifest["objects"])
     assert again["tables"] == manifest["tables"]
+    assert sorted(p.relative_to(mirror).as_posix() for p in mirror.rglob("*.csv.zip")) == sorted(
+        o["key"] for o in manifest["objects"] + again["objects"])
 
 
 def test_travel_sh_stops_its_services_on_ctrl_c(local_repo):

@@ -81,7 +81,7 @@ def export_floor(args: argparse.Namespace) -> dict:
                 nonlocal objects
                 member = stage.member_name(table, args.day, number)
                 body = stage.compress_batch(data, member, "zip", args.level, args.day)
-                key = stage.batch_key(args.prefix, args.day, table, number, "zip")
+                key = stage.batch_key(args.prefix, args.day, "floor", table, number, "zip")
                 s3.put_object(Bucket=args.bucket, Key=key, Body=body)
                 objects += 1
 
