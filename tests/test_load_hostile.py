@@ -11,9 +11,11 @@ import sys
 import unicodedata
 from decimal import Decimal
 
+import boto3
 import pandas as pd
 import pytest
 
+import batch_transfer_data_to_cloud_storage as export_stage
 import transform_load_csv_data as stage
 from conftest import REPO, query
 
@@ -161,16 +163,36 @@ def test_load_total_value_limit_is_exact(schema_db, tmp_path):
     assert Decimal(stored[4][2]) == 1000001 * Decimal("9999989999.99") <= Decimal(LIMIT)
 
 
+def lambda_module():
+    spec = importlib.util.spec_from_file_location("waddle_lambda_limit", REPO / "lambda" / "lambda_function.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_load_limit_agrees_with_travel_sql_and_the_lambda():
     sql_limit = re.search(r"total_booking_value <= ([0-9.]+)", (REPO / "travel.sql").read_text()).group(1)
-    spec = importlib.util.spec_from_file_location("waddle_lambda_limit", REPO / "lambda" / "lambda_function.py")
-    lambda_module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = lambda_module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(lambda_module)
 
     assert sql_limit == LIMIT
     assert stage.MAX_TOTAL_CENTS == int(Decimal(LIMIT) * 100)
-    assert 10 ** (lambda_module.MAX_UNIT_DIGITS + 2) - 1 == stage.MAX_TOTAL_CENTS
+    assert 10 ** (lambda_module().MAX_UNIT_DIGITS + 2) - 1 == stage.MAX_TOTAL_CENTS
+
+
+def test_load_what_stage_3_accepts_the_export_and_the_lambda_accept(schema_db, s3_bucket, tmp_path):
+    rows = ("1,1,2024-06-02,Paris,1000001,9999989999.99\n"     # just below the limit
+            "2,2,2024-06-02,Paris,1,0.01\n"
+            "3,3,2024-06-02,Zürich,2147483647,0\n")
+    assert load(write(tmp_path / "data", booking=BOOKING_HEADER + rows), tmp_path / "rejects") == 0
+    assert rejects_of(tmp_path / "rejects", "booking") == []
+
+    assert export_stage.main(["--date", "2024-06-03"]) == 0
+    result = lambda_module().compute_metrics(boto3.client("s3"), s3_bucket, "", "2024-06-03")
+
+    by_name = {d["destination"]: d for d in result["metrics"]}
+    assert by_name["Paris"]["total_booking_value_per_destination"] == str(
+        1000001 * Decimal("9999989999.99") + Decimal("0.01"))
+    assert by_name["Zürich"]["total_passengers_booked_per_destination"] == 2147483647
 
 
 def test_load_schema_refuses_a_total_above_the_limit(schema_db):
