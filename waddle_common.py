@@ -22,6 +22,7 @@ import argparse
 import csv
 import json
 import logging
+import math
 import os
 import re
 import stat
@@ -78,19 +79,32 @@ class ConfigError(PipelineError):
 # Configuration
 
 
-def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
+def _env_number(env: Mapping[str, str], name: str, default, parse: Callable, allowed: str, ok: Callable):
+    """`name` parsed by `parse` (float or int) when set and `ok`; else a ConfigError naming the
+    variable, the allowed range and the value given. Unset or blank: `default`."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        return float(raw)
+        # Python also reads "1_000" and other scripts' digits ("٣"): not what a setting means.
+        value = parse(raw) if raw.isascii() and "_" not in raw else None
     except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        value = None
+    # NaN and infinity parse as floats: neither is a number of seconds.
+    if value is None or not math.isfinite(value) or not ok(value):
+        raise ConfigError(f"{name} must be {allowed}, got {raw!r}")
+    return value
 
 
 def _env_share(env: Mapping[str, str], name: str, default: float) -> float:
-    value = _env_float(env, name, default)
-    if not 0.0 <= value <= 1.0:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not 0.0 <= value <= 1.0:  # NaN fails this too
         raise ConfigError(f"{name} must be a share between 0 and 1 (0.10 = 10%), got {value:g}")
     return value
 
@@ -104,14 +118,18 @@ def _env_flag(env: Mapping[str, str], name: str) -> bool:
     raise ConfigError(f"{name} must be 1 or 0, got {raw!r}")
 
 
-def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
+def _env_folder(env: Mapping[str, str], name: str, default: str) -> Path:
+    """A folder setting; refused when it, or the nearest part of it that exists, is not a folder
+    (a file in the way would otherwise fail the stage with an OS error naming no setting)."""
+    path = Path(env.get(name, "").strip() or default)
     try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+        existing = next((p for p in (path, *path.parents) if p.exists() or p.is_symlink()), None)
+    except OSError:  # not allowed to look: the stage reports what it meets
+        return path
+    if existing is not None and not existing.is_dir():
+        where = f"{path}" if existing == path else f"{existing} (part of {path})"
+        raise ConfigError(f"{name} must be a folder or not exist yet, but {where} is not a folder")
+    return path
 
 
 @dataclass(frozen=True)
@@ -132,6 +150,8 @@ class Settings:
     export_compression_level: int
     s3_sse: str
     s3_kms_key_id: str
+    # Seconds libpq waits for the database to answer (PGCONNECT_TIMEOUT).
+    pg_connect_timeout: int = 10
     # AWS Secrets Manager secret (RDS JSON) with the database credentials; "" = the environment.
     db_secret_id: str = ""
     # Refuse a weak database password instead of warning about it.
@@ -146,19 +166,29 @@ class Settings:
         }
         return cls(
             source_urls=urls,
-            download_dir=Path(env.get("DOWNLOAD_DIR", "").strip() or "download_dataset"),
-            rejects_dir=Path(env.get("REJECTS_DIR", "").strip() or "rejects"),
+            download_dir=_env_folder(env, "DOWNLOAD_DIR", "download_dataset"),
+            rejects_dir=_env_folder(env, "REJECTS_DIR", "rejects"),
             max_reject_rate=_env_share(env, "MAX_REJECT_RATE", 0.10),
-            download_timeout=_env_float(env, "DOWNLOAD_TIMEOUT", 30.0),
-            download_retries=_env_int(env, "DOWNLOAD_RETRIES", 4),
-            download_backoff=_env_float(env, "DOWNLOAD_BACKOFF", 1.0),
+            # Upper bounds: beyond them Python's socket and sleep calls overflow, and no
+            # download needs more.
+            download_timeout=_env_number(env, "DOWNLOAD_TIMEOUT", 30.0, float,
+                                         "a number of seconds above 0 and at most 86400", lambda v: 0 < v <= 86400),
+            download_retries=_env_number(env, "DOWNLOAD_RETRIES", 4, int,
+                                         "a whole number from 0 to 100", lambda v: 0 <= v <= 100),
+            download_backoff=_env_number(env, "DOWNLOAD_BACKOFF", 1.0, float,
+                                         "a number of seconds from 0 to 3600", lambda v: 0 <= v <= 3600),
             s3_bucket_name=env.get("S3_BUCKET_NAME", "").strip(),
             s3_prefix=env.get("S3_PREFIX", "").strip(),
-            export_batch_size=_env_int(env, "EXPORT_BATCH_SIZE", 50_000),
+            export_batch_size=_env_number(env, "EXPORT_BATCH_SIZE", 50_000, int,
+                                          "a whole number of 1 or more", lambda v: v >= 1),
             export_compression=env.get("EXPORT_COMPRESSION", "").strip().lower() or "zip",
-            export_compression_level=_env_int(env, "EXPORT_COMPRESSION_LEVEL", 6),
+            export_compression_level=_env_number(env, "EXPORT_COMPRESSION_LEVEL", 6, int,
+                                                 "a whole number from 0 to 9", lambda v: 0 <= v <= 9),
             s3_sse=env.get("S3_SSE", "").strip() or "AES256",
             s3_kms_key_id=env.get("S3_KMS_KEY_ID", "").strip(),
+            # libpq reads 0 (or less) as "wait for ever": a batch job should fail, not hang.
+            pg_connect_timeout=_env_number(env, "PGCONNECT_TIMEOUT", 10, int,
+                                           "a whole number of seconds from 1 to 86400", lambda v: 1 <= v <= 86400),
             db_secret_id=env.get("DB_SECRET_ID", "").strip(),
             strict_security=_env_flag(env, "STRICT_SECURITY"),
         )
@@ -183,7 +213,9 @@ def load_env(env_file: str | os.PathLike | None = None) -> None:
 # Secrets never leave the process
 
 
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*):[^@\s]*@")
+# A URL's user info: the password runs to the last @ of the word (an unescaped @ in it
+# would otherwise leave its end visible).
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*):\S*@")
 _KEYWORD_PASSWORD = re.compile(r"(?i)\b(password|passwd|secret|sslpassword)\s*=\s*('[^']*'|\S+)")
 
 SECRET_VARIABLES = ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -203,14 +235,9 @@ def register_secret(value: str) -> None:
 def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
     """The secret strings in the environment or registered at run time, longest first."""
     env = os.environ if env is None else env
-    values = [env.get(name, "") for name in SECRET_VARIABLES] + list(_registered_secrets)
     url = env.get("DATABASE_URL", "")
-    match = re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:([^@\s]*)@", url)
-    if match:
-        from urllib.parse import unquote
-
-        values += [match.group(1), unquote(match.group(1))]
-    values += [url]
+    values = [env.get(name, "") for name in SECRET_VARIABLES] + list(_registered_secrets)
+    values += database_url_passwords(url) + [url]
     return sorted({v for v in values if len(v) >= 4}, key=len, reverse=True)
 
 
@@ -221,6 +248,70 @@ def redact(text: object, env: Mapping[str, str] | None = None) -> str:
         out = out.replace(secret, "***")
     out = _URL_PASSWORD.sub(r"\g<scheme>:***@", out)
     return _KEYWORD_PASSWORD.sub(r"\1=***", out)
+
+
+# ---------------------------------------------------------------------------------------
+# DATABASE_URL
+
+INVALID_DATABASE_URL = (
+    "DATABASE_URL is not a valid PostgreSQL URL: percent-encode special characters in the password"
+    " (@ as %40, / as %2F, % as %25)"
+)
+_URI_SCHEMES = ("postgresql://", "postgres://")  # libpq's; it compares them case-sensitively
+# libpq's reading of a URL's user info: everything before the first @ that comes before any /.
+_URI_USER_INFO = re.compile(r"[^@/]*@")
+
+
+def database_url_keywords(url: str) -> dict[str, str]:
+    """libpq's connection keywords for DATABASE_URL (a URL or `key=value` pairs; {} when empty).
+
+    libpq accepts URLs it then reads otherwise than their writer meant, and its messages quote
+    what it read: in postgresql://etl:Secr3tP@ssw0rd@db/travel the password ends at the first
+    @ and the host is "ssw0rd@db"; with a / in the password libpq finds no user info at all
+    and takes the text before the / as the port. A URL whose only @ is the one ending the user
+    info is read as meant, so any other @ is refused, and so is anything libpq cannot parse
+    or a port that is not a number, with one message that quotes nothing of the URL (all of
+    it may be password).
+    """
+    from psycopg2.extensions import parse_dsn
+
+    if not url.strip():
+        return {}
+    if url.startswith(_URI_SCHEMES):
+        rest = url.split("://", 1)[1]
+        user_info = _URI_USER_INFO.match(rest)
+        if "@" in rest[user_info.end() if user_info else 0:]:
+            raise ConfigError(INVALID_DATABASE_URL)
+    elif re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*://", url):
+        raise ConfigError("DATABASE_URL must start with postgresql:// (or postgres://)")
+    try:
+        keywords = parse_dsn(url)
+    except Exception:  # noqa: BLE001 - psycopg2's message quotes the part it could not read
+        raise ConfigError(INVALID_DATABASE_URL) from None
+    if not re.fullmatch(r"[0-9,]*", keywords.get("port", "")):
+        raise ConfigError(INVALID_DATABASE_URL)
+    return keywords
+
+
+def database_url_passwords(url: str) -> list[str]:
+    """What to mask for DATABASE_URL's password: as written and as decoded. For a URL that
+    database_url_keywords() refuses, everything that might be password: from the first :
+    after the user name to the last @, and its pieces between the characters that misplace it."""
+    if not url.startswith(_URI_SCHEMES):
+        try:
+            return [p for p in [database_url_keywords(url).get("password")] if p]
+        except ConfigError:
+            return []
+    rest = url.split("://", 1)[1]
+    try:
+        keywords = database_url_keywords(url)
+    except ConfigError:
+        user_info = rest.rpartition("@")[0]
+        candidate = user_info.partition(":")[2]
+        return [candidate, *re.split(r"[@/:?#,\s]+", candidate)]
+    user_info = _URI_USER_INFO.match(rest)
+    written = user_info.group()[:-1].partition(":")[2] if user_info else ""
+    return [p for p in (written, keywords.get("password", "")) if p]
 
 
 class _RedactingFilter(logging.Filter):
@@ -339,14 +430,10 @@ def progress(total: int | None, desc: str, unit: str = "B"):
 
 
 def describe_database(env: Mapping[str, str] | None = None) -> str:
-    """`user@host:port/dbname` of the configured database: never the password."""
-    from psycopg2.extensions import parse_dsn
-
+    """`user@host:port/dbname` of the configured database: never the password (a DATABASE_URL
+    that could misplace it is refused: database_url_keywords())."""
     env = os.environ if env is None else env
-    try:
-        parts = parse_dsn(env.get("DATABASE_URL", ""))
-    except Exception:  # noqa: BLE001 - an unparsable URL is reported by connect()
-        parts = {}
+    parts = database_url_keywords(env.get("DATABASE_URL", ""))
     secret_id = env.get("DB_SECRET_ID", "").strip()
     if secret_id in _secret_cache:
         parts = {**parts, **_secret_connection_keywords(_secret_cache[secret_id])}
@@ -371,20 +458,17 @@ def connect_db(application_name: str, env: Mapping[str, str] | None = None):
 
     env = os.environ if env is None else env
     settings = Settings.from_env(env)
-    secret = read_database_secret(settings.db_secret_id) if settings.db_secret_id else {}
-    keywords = _secret_connection_keywords(secret)
-    password = database_password(env, keywords)
+    keywords = database_url_keywords(env.get("DATABASE_URL", ""))  # refused before any use
+    if settings.db_secret_id:
+        keywords.update(_secret_connection_keywords(read_database_secret(settings.db_secret_id)))
+    password = keywords.get("password") or env.get("PGPASSWORD") or None
     if password:
         register_secret(password)
     if settings.strict_security:
         check_password(password, strict=True)  # refused before it is ever sent
+    keywords.setdefault("connect_timeout", str(settings.pg_connect_timeout))
     try:
-        conn = psycopg2.connect(
-            env.get("DATABASE_URL", ""),
-            application_name=f"data-waddle {application_name}",
-            connect_timeout=env.get("PGCONNECT_TIMEOUT", "10"),
-            **keywords,
-        )
+        conn = psycopg2.connect(**{**keywords, "application_name": f"data-waddle {application_name}"})
     except psycopg2.Error as exc:
         raise PipelineError(
             f"cannot connect to PostgreSQL {describe_database(env)}: {first_line(redact(exc, env))}"
@@ -432,19 +516,6 @@ def check_password(password: str | None, strict: bool) -> None:
     if strict:
         raise ConfigError(f"the database password is {reason}; STRICT_SECURITY=1 refuses to use it: {advice}")
     log.warning("the database password is %s; %s (STRICT_SECURITY=1 would refuse it)", reason, advice)
-
-
-def database_password(env: Mapping[str, str], keywords: Mapping[str, str]) -> str | None:
-    """The password libpq will send: the secret's, else DATABASE_URL's, else PGPASSWORD."""
-    from psycopg2.extensions import parse_dsn
-
-    if keywords.get("password"):
-        return keywords["password"]
-    try:
-        from_url = parse_dsn(env.get("DATABASE_URL", "")).get("password")
-    except Exception:  # noqa: BLE001 - an unparsable URL is reported by connect()
-        from_url = None
-    return from_url or env.get("PGPASSWORD") or None
 
 
 def _secret_connection_keywords(secret: Mapping[str, object]) -> dict[str, str]:
@@ -534,19 +605,14 @@ def libpq_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
     the child's environment, never on its command line (which `ps` shows to every user).
     The password check applies as in connect_db().
     """
-    from psycopg2.extensions import parse_dsn
-
     env = os.environ if env is None else env
     settings = Settings.from_env(env)
     child = {key: value for key, value in env.items() if key != "DATABASE_URL"}
-    try:
-        keywords = parse_dsn(env.get("DATABASE_URL", ""))
-    except Exception:  # noqa: BLE001 - psycopg2's message may quote the URL
-        raise ConfigError("DATABASE_URL is not a valid PostgreSQL URL (postgresql://user@host:port/dbname)") from None
+    keywords = database_url_keywords(env.get("DATABASE_URL", ""))
     if settings.db_secret_id:
         keywords.update(_secret_connection_keywords(read_database_secret(settings.db_secret_id)))
+    keywords.setdefault("connect_timeout", str(settings.pg_connect_timeout))
     child.update({_LIBPQ_VARIABLES[k]: v for k, v in keywords.items() if k in _LIBPQ_VARIABLES})
-    child.setdefault("PGCONNECT_TIMEOUT", "10")
     check_password(child.get("PGPASSWORD"), strict=settings.strict_security)
     return child
 

@@ -21,6 +21,8 @@ from urllib.parse import quote, unquote, urlparse, urlunparse
 import boto3
 import psycopg2
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from psycopg2 import sql
 
 import batch_transfer_data_to_cloud_storage as export_stage
@@ -497,15 +499,17 @@ def server_log(pg_admin_url: str) -> Path | None:
     return path if path.is_file() and os.access(path, os.R_OK) else None
 
 
-def run_leaky(stage: str, args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str]:
-    """Run `stage` in a subprocess; return its exit code and everything it left behind to search."""
+def run_leaky(stage: str, args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, str, str]:
+    """Run `stage` in a subprocess; return its exit code, everything it left behind to search,
+    its stdout and its stderr."""
     spawn_log = cwd / "spawned.txt"
     spawn_log.touch()
     argv = [sys.executable, "-c", RUNNER, str(SCRIPTS[stage]), *args]
     result = subprocess.run(argv, env={**env, "WADDLE_TEST_SPAWN_LOG": str(spawn_log)}, cwd=cwd,
                             capture_output=True, text=True, timeout=300)
     files = "\n".join(p.read_text(errors="replace") for p in sorted(cwd.rglob("*")) if p.is_file() and p.name != ".env")
-    return result.returncode, "\n".join([" ".join(argv), result.stdout, result.stderr, files])
+    everything = "\n".join([" ".join(argv), result.stdout, result.stderr, files])
+    return result.returncode, everything, result.stdout, result.stderr
 
 
 def assert_no_canary(text: str) -> None:
@@ -540,7 +544,7 @@ def test_security_leak_runner_records_the_argv_of_children(tmp_path):
     child.write_text("import subprocess, sys\nsubprocess.run([sys.executable, '-c', 'pass', 'marker-arg'])\n")
     SCRIPTS["child"] = child
     try:
-        code, _ = run_leaky("child", [], dict(os.environ), tmp_path)
+        code, *_ = run_leaky("child", [], dict(os.environ), tmp_path)
     finally:
         del SCRIPTS["child"]
     spawned = (tmp_path / "spawned.txt").read_text()
@@ -593,7 +597,7 @@ def test_security_leak_no_stage_prints_or_passes_on_a_secret(leak_setup):
 
     with ThreadPoolExecutor(max_workers=3) as pool:
         for phase in phases:
-            for (name, _, _, _, expected), (code, everything) in zip(phase, pool.map(run_case, phase)):
+            for (name, _, _, _, expected), (code, everything, *_) in zip(phase, pool.map(run_case, phase)):
                 assert code == expected, f"{name}: exit {code}\n{everything[-3000:]}"
                 assert_no_canary(everything)
     assert min(counts(s["schema_db"]).values()) > 0
@@ -609,10 +613,239 @@ def test_security_leak_env_file_credentials_are_not_printed(leak_setup):
     (work / ".env").chmod(0o644)
     env = {k: v for k, v in s["base"].items() if k != "AWS_SECRET_ACCESS_KEY"}
 
-    code, everything = run_leaky("load", ["--data-dir", str(s["sample_dir"]), "--verbose"], env, work)
+    code, everything, *_ = run_leaky("load", ["--data-dir", str(s["sample_dir"]), "--verbose"], env, work)
 
     assert code == 1 and ".env is readable by other users" in everything
     assert_no_canary(everything)
+
+
+# ---------------------------------------------------------------------------------------
+# A password with special characters written into DATABASE_URL as it is (issue 7)
+#
+# libpq reads postgresql://etl:Secr3tP@ssw0rd@host/db with the host "ssw0rd@host", and a /
+# in the password makes it read the text before the / as the port; its messages then quote
+# those pieces. The pipeline refuses such a URL in one line that quotes none of it.
+
+
+# The line every stage prints for such a URL: the product, so spelled out here.
+INVALID_URL = ("DATABASE_URL is not a valid PostgreSQL URL: percent-encode special characters in the password"
+               " (@ as %40, / as %2F, % as %25)")
+OTHER_SCHEME = "DATABASE_URL must start with postgresql:// (or postgres://)"
+
+
+def libpq_decoded(text: str) -> str | None:
+    """`text` with its %XX escapes decoded as libpq decodes a URL; None where libpq refuses it
+    (an escape that is not two hex digits, %00, or bytes that are not UTF-8)."""
+    raw, out, i = text.encode(), bytearray(), 0
+    while i < len(raw):
+        if raw[i] == ord("%"):
+            digits = raw[i + 1:i + 3]
+            if len(digits) < 2 or not all(chr(d) in "0123456789abcdefABCDEF" for d in digits) or digits == b"00":
+                return None
+            out.append(int(digits, 16))
+            i += 3
+        else:
+            out.append(raw[i])
+            i += 1
+    try:
+        return out.decode()
+    except UnicodeDecodeError:
+        return None
+
+
+USERS = st.from_regex(r"[a-z_][a-z0-9_]{0,12}", fullmatch=True)
+HOSTS = st.sampled_from(["127.0.0.1", "localhost", "db.example.com", "db-1.internal"])
+PORTS = st.integers(min_value=1, max_value=65535)
+DBNAMES = st.from_regex(r"[a-z][a-z0-9_]{0,12}", fullmatch=True)
+# Any text an environment variable can hold, rich in the characters URLs treat specially.
+PASSWORDS = st.text(
+    alphabet=st.one_of(st.sampled_from("@/:#?%[]&=,;+ \t'\"\\"), st.sampled_from("0123456789abcdefGHIJ"),
+                       st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")),
+    min_size=1, max_size=40,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(user=USERS, password=PASSWORDS, host=HOSTS, port=PORTS, dbname=DBNAMES)
+def test_security_database_url_is_read_as_written_or_refused(user, password, host, port, dbname):
+    """Unescaped, a password is read exactly as written (its %XX decoded) or the URL is refused
+    with the one fixed line: never split into user, host, port or database name."""
+    url = f"postgresql://{user}:{password}@{host}:{port}/{dbname}"
+    env = {"DATABASE_URL": url}
+    try:
+        keywords = common.database_url_keywords(url)
+    except common.ConfigError as exc:
+        assert str(exc) == INVALID_URL
+        with pytest.raises(common.ConfigError) as described:
+            common.describe_database(env)
+        assert str(described.value) == INVALID_URL
+        assert {"@", "/", "%"} & set(password), "refused a URL libpq reads as meant"
+        return
+    assert "@" not in password and "/" not in password
+    assert keywords == {"user": user, "password": libpq_decoded(password), "host": host, "port": str(port),
+                        "dbname": dbname}
+    assert common.describe_database(env) == f"{user}@{host}:{port}/{dbname}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(user=USERS, password=PASSWORDS, host=HOSTS, port=PORTS, dbname=DBNAMES)
+def test_security_percent_encoded_password_is_read_exactly_and_redacted(user, password, host, port, dbname):
+    encoded = quote(password, safe="")
+    url = f"postgresql://{user}:{encoded}@{host}:{port}/{dbname}"
+    env = {"DATABASE_URL": url}
+
+    assert common.database_url_keywords(url)["password"] == password
+    assert common.describe_database(env) == f"{user}@{host}:{port}/{dbname}"
+    if len(password) >= 4 and "*" not in password:  # shorter values are not masked (too common)
+        masked = common.redact(f"failed: {password} | {encoded} | {url}", env)
+        assert password not in masked and encoded not in masked and url not in masked
+
+
+@settings(max_examples=300, deadline=None)
+@given(user=USERS, password=PASSWORDS, host=HOSTS, port=PORTS, dbname=DBNAMES)
+def test_security_redact_masks_an_unescaped_password_that_is_accepted(user, password, host, port, dbname):
+    url = f"postgresql://{user}:{password}@{host}:{port}/{dbname}"
+    env = {"DATABASE_URL": url}
+    try:
+        decoded = common.database_url_keywords(url)["password"]
+    except common.ConfigError:
+        return  # refused before anything is printed: the test above
+    masked = common.redact(f"failed: {password} | {decoded} | {url}", env)
+    for value in {password, decoded, url}:
+        if len(value) >= 4 and "*" not in value:
+            assert value not in masked
+
+
+def canary_piece(size: int = 8) -> str:
+    # Letters no hex digest, timestamp, path or word here contains, so any four characters of
+    # a canary found in an output came from the password.
+    return "".join(secrets.choice("ghjkmnpqrstvwxyzGHJKMNPQRSTVWXYZ") for _ in range(size))
+
+
+def assert_no_fragment(password: str, text: str) -> None:
+    """No four consecutive characters of `password` (so no longer piece either) in `text`."""
+    for start in range(len(password) - 3):
+        fragment = password[start:start + 4]
+        where = text.find(fragment)
+        assert where < 0, f"{fragment!r} of the password leaked:\n{text[max(0, where - 300):where + 200]}"
+
+
+STAGE_NAMES = {"psql": "psql", "load": "transform_load_csv_data", "export": "batch_transfer_data_to_cloud_storage"}
+
+
+def stage_args(stage: str, s: dict) -> list[str]:
+    return {
+        "psql": ["psql", "--", "-X", "-At", "-c", "SELECT current_user"],
+        "load": ["--data-dir", str(s["sample_dir"])],
+        "export": ["--date", DAY],
+    }[stage]
+
+
+# (id, password: pieces p1, p2, p3 are random canary letters, how the URL is written)
+MALFORMED_URLS = [
+    ("at", "{p1}7@{p2}3{p3}", "postgresql"),
+    ("two-ats", "{p1}@{p2}@{p3}9", "postgresql"),
+    ("slash", "{p1}7/{p2}3{p3}", "postgresql"),
+    ("digits-then-slash", "7/{p1}3{p2}", "postgresql"),  # libpq: port 7, database "<rest>@host:port/db"
+    ("slash-then-at", "{p1}/{p2}@{p3}", "postgresql"),
+    ("at-then-slash", "{p1}@{p2}/{p3}", "postgresql"),
+    ("bad-percent-escape", "{p1}%zz{p2}", "postgresql"),
+    ("percent-at-the-end", "{p1}7{p2}%", "postgresql"),
+    ("percent-00", "{p1}%00{p2}", "postgresql"),
+    ("space-at-and-colon", "{p1} :@{p2}", "postgresql"),
+    ("keywords-unquoted-space", "{p1}7 {p2}3", "keywords"),
+    ("other-scheme", "{p1}@{p2}/{p3}", "postgresql+psycopg2"),
+]
+
+
+@pytest.mark.slow
+def test_security_malformed_database_url_is_one_line_and_leaks_no_fragment(leak_setup, pg_admin_url):
+    """Every stage that connects, and `python -m waddle_common psql`, refuses each malformed URL
+    with the same line (exit 2), pointed at the real server; no four characters of the
+    password appear in any output, file, child's argv or the server's log."""
+    s = leak_setup
+    target = urlparse(s["schema_db"])
+    user = user_of(s["loader"])
+    log = server_log(pg_admin_url)
+    log_start = log.stat().st_size if log else 0
+    cases = []
+    for name, pattern, form in MALFORMED_URLS:
+        password = pattern.format(p1=canary_piece(), p2=canary_piece(), p3=canary_piece())
+        if form == "keywords":
+            url = (f"host={target.hostname} port={target.port} dbname={target.path.lstrip('/')} user={user} "
+                   f"password={password}")
+            message = INVALID_URL
+        else:
+            url = f"{form}://{user}:{password}@{target.hostname}:{target.port}{target.path}"
+            message = INVALID_URL if form == "postgresql" else OTHER_SCHEME
+        for stage in ("psql", "load", "export"):
+            cases.append((name, stage, password, url, message))
+
+    def run_case(case):
+        name, stage, _, url, _ = case
+        work = s["work"] / f"malformed-{name}-{stage}"
+        work.mkdir(parents=True)
+        return run_leaky(stage, ["--verbose"] * (stage == "load") + stage_args(stage, s),
+                         {**s["base"], "DATABASE_URL": url}, work)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(run_case, cases))
+    for (name, stage, password, _, message), (code, everything, stdout, stderr) in zip(cases, results):
+        assert_no_fragment(password, everything)
+        assert code == 2, f"{name} {stage}: exit {code}\n{stderr}"
+        assert stdout == ""
+        line = f"{STAGE_NAMES[stage]}: error: {message}"
+        if stage == "load":  # --verbose: the traceback, then the same line
+            assert stderr.splitlines()[-1] == line, f"{name} {stage}"
+        else:
+            assert stderr == line + "\n", f"{name} {stage}"
+    if log:
+        with open(log, "rb") as fh:
+            fh.seek(log_start)
+            server_text = fh.read().decode("utf-8", "replace")
+        for _, _, password, _, _ in cases:
+            assert_no_fragment(password, server_text)
+    assert counts(s["schema_db"]) == {"customer": 0, "destination": 0, "booking": 0}
+
+
+@pytest.mark.slow
+def test_security_unescaped_password_libpq_reads_as_meant_connects_and_leaks_nothing(leak_setup, login_user):
+    """: # ? , [ ] and spaces in the password, unescaped: libpq reads the URL as meant, so it
+    connects (a wrong password fails in one line); nothing of the password is printed."""
+    s = leak_setup
+    target = urlparse(s["schema_db"])
+    password = f"{canary_piece()}7:{canary_piece()}#3?{canary_piece()} ,[{canary_piece()}]9"
+    loader = user_of(login_user(s["schema_db"], "travel_loader", password=password))
+    reader = user_of(login_user(s["schema_db"], "travel_reader", password=password))
+
+    def url(user: str, secret: str) -> str:
+        return f"postgresql://{user}:{secret}@{target.hostname}:{target.port}{target.path}"
+
+    cases = [  # (stage, DATABASE_URL, expected exit)
+        ("psql", url(reader, password), 0),
+        ("psql", url(reader, password + "x"), 2),
+        ("load", url(loader, password + "x"), 1),
+        ("export", url(reader, password + "x"), 1),
+        ("load", url(loader, password), 0),
+    ]
+    results = []
+    for stage, database_url, _ in cases:  # the export needs the load first: one after the other
+        work = s["work"] / f"unescaped-{len(results)}-{stage}"
+        work.mkdir(parents=True)
+        results.append(run_leaky(stage, ["--verbose"] * (stage != "psql") + stage_args(stage, s),
+                                 {**s["base"], "DATABASE_URL": database_url}, work))
+    work = s["work"] / "unescaped-export"
+    work.mkdir(parents=True)
+    results.append(run_leaky("export", ["--verbose", "--date", DAY], {**s["base"], "DATABASE_URL": url(reader, password)},
+                             work))
+    cases.append(("export", url(reader, password), 0))
+
+    for (stage, _, expected), (code, everything, stdout, stderr) in zip(cases, results):
+        assert_no_fragment(password, everything)
+        assert code == expected, f"{stage}: exit {code}\n{stderr}"
+    assert results[0][2].strip() == reader  # psql connected as the URL's user
+    assert "password authentication failed" in results[2][3]
+    assert min(counts(s["schema_db"]).values()) > 0
 
 
 # ---------------------------------------------------------------------------------------
