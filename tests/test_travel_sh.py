@@ -161,6 +161,108 @@ def test_travel_sh_stops_its_services_on_ctrl_c(local_repo):
     assert not (local_repo / ".local" / "services.env").exists()
 
 
+def start_local_run(repo: Path, *args: str) -> subprocess.Popen:
+    """A local-mode travel.sh in its own session; its stderr is read line by line."""
+    return subprocess.Popen(
+        [str(repo / "travel.sh"), *args], cwd=repo, env=travel_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+
+
+def read_until(process: subprocess.Popen, text: str) -> list[str]:
+    """The stderr lines of `process` up to the one containing `text`."""
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError(f"{text!r} never came:\n{''.join(lines)}")
+
+
+def stop_run(process: subprocess.Popen) -> None:
+    """After a failed test: nothing of the run keeps going."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGCONT)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def local_services_pid(repo: Path) -> int:
+    """The pid of the `services.py serve` of the local run in `repo`."""
+    script = str(repo / "tests" / "services.py").encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if script in argv and b"serve" in argv:
+            found.append(int(entry.name))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_travel_sh_second_local_run_is_refused_and_the_first_completes(local_repo):
+    first = start_local_run(local_repo)
+    try:
+        read_until(first, "] load: started")  # its services are up and a stage is running
+        os.kill(first.pid, signal.SIGSTOP)  # held there, whatever the speed of the machine
+        second = travel(local_repo)
+        os.kill(first.pid, signal.SIGCONT)
+        out, err = first.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        stop_run(first)
+
+    assert second.returncode == 1
+    assert second.stderr == (
+        f"travel.sh: error: another travel.sh run is using {local_repo}/.local (pid {first.pid});"
+        " local mode runs one at a time: wait for it to finish\n")
+    assert second.stdout == ""
+    assert first.returncode == 0, err
+    assert re.search(r"all 5 stages done in \d+\.\d s", err)
+    assert "Bad file descriptor" not in err
+    assert len(metrics_table(out)) == 51
+    assert travel(local_repo, "--only", "download").returncode == 0  # the lock ended with the run
+
+
+def test_travel_sh_lock_of_a_killed_run_ends_once_its_services_have_stopped(local_repo):
+    first = start_local_run(local_repo)
+    try:
+        read_until(first, "] load: started")
+        os.kill(first.pid, signal.SIGKILL)  # travel.sh alone: no trap runs
+        # Blocks until no process of the killed run holds the lock any more.
+        subprocess.run([sys.executable, "-c", "import fcntl, sys; fcntl.flock(open(sys.argv[1]), fcntl.LOCK_EX)",
+                        str(local_repo / ".local" / "travel.lock")], check=True, timeout=120)
+        first.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        stop_run(first)
+
+    assert not (local_repo / ".local" / "postgres" / "postmaster.pid").exists()  # stopped before the lock ended
+    again = travel(local_repo, "--only", "download")
+    assert again.returncode == 0, again.stderr
+
+
+def test_travel_sh_services_killed_mid_run_is_one_line_not_a_bad_descriptor(local_repo):
+    first = start_local_run(local_repo)
+    try:
+        read_until(first, "] download: started")
+        os.kill(local_services_pid(local_repo), signal.SIGKILL)  # PostgreSQL runs on; S3 is gone
+        _, err = first.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        stop_run(first)
+
+    assert first.returncode == 1  # the export: no S3 any more
+    lines = err.splitlines()
+    assert lines[-2].startswith("travel.sh: error: stage export failed with exit status 1")
+    assert lines[-1] == ("travel.sh: error: the local services were killed (signal 9) before the run ended;"
+                         " the next run stops what they left running")
+    assert "Bad file descriptor" not in err
+    assert (local_repo / ".local" / "postgres" / "postmaster.pid").exists()  # left running ...
+    again = travel(local_repo, "--only", "download")
+    assert again.returncode == 0, again.stderr
+    assert not (local_repo / ".local" / "postgres" / "postmaster.pid").exists()  # ... and stopped by the next run
+
+
 @pytest.fixture
 def configured(database_url, s3_bucket, sample_dir, monkeypatch, tmp_path):
     """A configured run: the test's PostgreSQL, moto bucket and sample files."""
