@@ -1185,49 +1185,52 @@ def transform_and_load(settings: common.Settings, args) -> int:
         with conn, conn.cursor() as cur, ThreadPoolExecutor(max_workers=1) as database:
             # The worker and this thread take turns on the connection: one waits on .result()
             # before it uses the connection again.
-            reading_customers = database.submit(lock_and_read_customers, cur)
-            customers = cleanse_customers(raw["customer"])
-            destinations = cleanse_destinations(raw["destination"])
-            log_step("customer and destination rules applied")
-            stored_customer_ids = stage_customers(cur, customers, reading_customers.result())
-            log_step(f"{len(stored_customer_ids)} stored customers compared")
-            known_destinations = pd.concat(
-                [destinations.accepted()[["destination_id", "destination"]],
-                 database_destinations(cur, destinations.accepted()["destination_id"])],
-                ignore_index=True,
-            )
-            parents = database.submit(write_parents, cur, destinations, customers, len(stored_customer_ids) > 0)
-            stored_bookings = database.submit(stored_rows, cur, "booking")
-
-            bookings = cleanse_bookings(raw.pop("booking"))
-            log_step("booking row rules applied")
-            known_customers = np.concatenate([
-                customers.accepted()["customer_id"].to_numpy(dtype=np.int64),
-                stored_customer_ids,
-            ])
-            resolve_bookings(bookings, known_destinations, known_customers)
-            writing_bookings = database.submit(
-                lambda: write_table(cur, "booking", load_rows(bookings), stored_bookings.result())
-            )
-            tables = (customers, destinations, bookings)
             try:
+                reading_customers = database.submit(lock_and_read_customers, cur)
+                customers = cleanse_customers(raw["customer"])
+                destinations = cleanse_destinations(raw["destination"])
+                log_step("customer and destination rules applied")
+                stored_customer_ids = stage_customers(cur, customers, reading_customers.result())
+                log_step(f"{len(stored_customer_ids)} stored customers compared")
+                known_destinations = pd.concat(
+                    [destinations.accepted()[["destination_id", "destination"]],
+                     database_destinations(cur, destinations.accepted()["destination_id"])],
+                    ignore_index=True,
+                )
+                parents = database.submit(write_parents, cur, destinations, customers, len(stored_customer_ids) > 0)
+                stored_bookings = database.submit(stored_rows, cur, "booking")
+
+                bookings = cleanse_bookings(raw.pop("booking"))
+                log_step("booking row rules applied")
+                known_customers = np.concatenate([
+                    customers.accepted()["customer_id"].to_numpy(dtype=np.int64),
+                    stored_customer_ids,
+                ])
+                resolve_bookings(bookings, known_destinations, known_customers)
+                writing_bookings = database.submit(
+                    lambda: write_table(cur, "booking", load_rows(bookings), stored_bookings.result())
+                )
+                tables = (customers, destinations, bookings)
                 write_rejects(tables, rejects_dir)
                 summaries = {t.name: summarise(t) for t in tables}
                 check_reject_rates(summaries, max_rate)
                 log_step("rejects written")
-            except BaseException:
-                conn.cancel()  # stop the COPY in flight: the transaction is rolled back anyway
-                raise
 
-            counts = {**parents.result(), "booking": writing_bookings.result()}
-            log_step("tables written")
-            for name, (summaries[name].inserted, summaries[name].updated) in counts.items():
-                log.info("%s: %d inserted, %d updated", name, summaries[name].inserted, summaries[name].updated)
-            cur.execute("SET CONSTRAINTS ALL IMMEDIATE")  # surface a deferred e-mail clash here
-            if args.dry_run:
-                conn.rollback()
-            else:
-                record_run(cur, started_at, {n: describe_source(p) for n, p in paths.items()}, summaries)
+                counts = {**parents.result(), "booking": writing_bookings.result()}
+                log_step("tables written")
+                for name, (summaries[name].inserted, summaries[name].updated) in counts.items():
+                    log.info("%s: %d inserted, %d updated", name, summaries[name].inserted, summaries[name].updated)
+                cur.execute("SET CONSTRAINTS ALL IMMEDIATE")  # surface a deferred e-mail clash here
+                if args.dry_run:
+                    conn.rollback()
+                else:
+                    record_run(cur, started_at, {n: describe_source(p) for n, p in paths.items()}, summaries)
+            except BaseException:
+                # A refusal, a failure or Ctrl-C here: stop the statement the worker may be in
+                # (a COPY, or the wait for the load lock, where libpq sees no signal), so that
+                # the worker ends at once; the transaction is rolled back anyway.
+                conn.cancel()
+                raise
     except psycopg2.Error as exc:
         raise common.PipelineError(
             f"load failed and was rolled back, no table changed: {common.first_line(common.redact(exc))}"

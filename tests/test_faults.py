@@ -378,6 +378,28 @@ def test_faults_postgres_restart_during_a_load(private_server, private_db, tmp_p
     assert counts(private_db) == SAMPLE_COUNTS
 
 
+def test_faults_load_waiting_for_the_lock_stops_on_ctrl_c(schema_db, tmp_path):
+    """The loader waits for the load lock in its database thread, inside libpq, where no
+    signal is seen: Ctrl-C cancels that wait instead of hanging until the other load ends."""
+    holder = psycopg2.connect(schema_db)
+    observer = Observer(schema_db)
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (load_stage.LOAD_LOCK_KEY,))
+        loader = start_stage(LOADER, ["--data-dir", str(SAMPLE_DIR)], stage_env(schema_db), tmp_path)
+        wait_until(lambda: observer.waiting_on_advisory(load_stage.LOAD_LOCK_KEY), "the loader to wait", timeout=60)
+        loader.send_signal(signal.SIGINT)
+        _, stderr = loader.communicate(timeout=30)  # the lock is still held by the test
+        wait_until(lambda: not observer.backends(), "the loader's session to end")
+    finally:
+        holder.close()
+        observer.close()
+
+    assert loader.returncode == 130
+    assert stderr.strip().splitlines() == ["transform_load_csv_data: error: interrupted"]
+    assert counts(schema_db) == {"customer": 0, "destination": 0, "booking": 0}
+
+
 # ---------------------------------------------------------------------------------------
 # Export (stage 4) during a load, and against a failing store
 
