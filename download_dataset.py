@@ -31,7 +31,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -45,6 +45,7 @@ log = logging.getLogger("data_waddle.download")
 
 CHUNK_SIZE = 1 << 16
 MAX_RETRY_AFTER = 60.0  # seconds: the longest Retry-After honoured; a longer one is cut to this
+MAX_BACKOFF = 300.0  # seconds: the doubling delay stops growing here (100 retries would be 2**99 s)
 ALLOW_UNSIZED = "DOWNLOAD_ALLOW_UNSIZED"
 
 
@@ -75,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def download_all(settings: common.Settings, args) -> int:
-    allow_unsized = allow_unsized_setting()
+    allow_unsized = settings.download_allow_unsized
     dest = Path(args.dest) if args.dest else settings.download_dir
     dest.mkdir(parents=True, exist_ok=True)
     failures = 0
@@ -90,19 +91,6 @@ def download_all(settings: common.Settings, args) -> int:
             continue
         print(f"{table}: {size} bytes -> {target}")
     return common.EXIT_FAILURE if failures else common.EXIT_OK
-
-
-def allow_unsized_setting(env: Mapping[str, str] | None = None) -> bool:
-    """DOWNLOAD_ALLOW_UNSIZED: 1 accepts a body without Content-Length or chunking, unverified.
-
-    Read here because stage 1 alone uses it; it belongs in common.Settings with the other
-    DOWNLOAD_* settings. Only 0 and 1: a switch that weakens a check is not guessed from
-    "yes" or "on".
-    """
-    raw = (os.environ if env is None else env).get(ALLOW_UNSIZED, "").strip()
-    if raw not in ("", "0", "1"):
-        raise common.ConfigError(f"{ALLOW_UNSIZED} must be 0 or 1, got {raw!r}")
-    return raw == "1"
 
 
 def fetch_to(url: str, target: Path, table: str, settings: common.Settings, allow_unsized: bool = False) -> int:
@@ -159,8 +147,9 @@ def fetch_http(url: str, out, settings: common.Settings, allow_unsized: bool = F
 
 
 def backoff_delay(attempt: int, base: float, retry_after: float | None) -> float:
-    """Exponential backoff (base, 2 x base, 4 x base ...), or the server's Retry-After if longer."""
-    delay = base * (2 ** (attempt - 1))
+    """Exponential backoff (base, 2 x base, 4 x base ... up to MAX_BACKOFF), or the server's
+    Retry-After if longer."""
+    delay = min(base * (2 ** (attempt - 1)), MAX_BACKOFF)
     if retry_after is not None:
         delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
     return delay

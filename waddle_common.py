@@ -96,6 +96,13 @@ def _env_number(env: Mapping[str, str], name: str, default, parse: Callable, all
     return value
 
 
+def _switch(raw: str) -> int:
+    """'0' or '1' exactly (not '01', '+1', 'yes')."""
+    if raw not in ("0", "1"):
+        raise ValueError(raw)
+    return int(raw)
+
+
 def _env_share(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name, "").strip()
     if not raw:
@@ -143,6 +150,7 @@ class Settings:
     download_timeout: float
     download_retries: int
     download_backoff: float
+    download_allow_unsized: bool
     s3_bucket_name: str
     s3_prefix: str
     export_batch_size: int
@@ -177,6 +185,9 @@ class Settings:
                                          "a whole number from 0 to 100", lambda v: 0 <= v <= 100),
             download_backoff=_env_number(env, "DOWNLOAD_BACKOFF", 1.0, float,
                                          "a number of seconds from 0 to 3600", lambda v: 0 <= v <= 3600),
+            # A switch that weakens a check: only 0 or 1, never guessed from "yes" or "on".
+            download_allow_unsized=_env_number(env, "DOWNLOAD_ALLOW_UNSIZED", 0, _switch, "0 or 1",
+                                               lambda v: True) == 1,
             s3_bucket_name=env.get("S3_BUCKET_NAME", "").strip(),
             s3_prefix=env.get("S3_PREFIX", "").strip(),
             export_batch_size=_env_number(env, "EXPORT_BATCH_SIZE", 50_000, int,

@@ -1,4 +1,4 @@
-"""Configuration (issue 11): a nonsense setting is refused where configuration is read
+"""Configuration: a nonsense setting is refused where configuration is read
 (waddle_common.Settings), by every stage, in one line naming the variable, the allowed range
 and the value given, with exit 2, before anything is fetched, read or connected."""
 
@@ -45,6 +45,9 @@ BAD_SETTINGS = [
     ("MAX_REJECT_RATE", "1.5", "MAX_REJECT_RATE must be a share between 0 and 1 (0.10 = 10%), got 1.5"),
     ("MAX_REJECT_RATE", "nan", "MAX_REJECT_RATE must be a share between 0 and 1 (0.10 = 10%), got nan"),
     ("STRICT_SECURITY", "maybe", "STRICT_SECURITY must be 1 or 0, got 'maybe'"),
+    ("DOWNLOAD_ALLOW_UNSIZED", "on", "DOWNLOAD_ALLOW_UNSIZED must be 0 or 1, got 'on'"),
+    ("DOWNLOAD_ALLOW_UNSIZED", "01", "DOWNLOAD_ALLOW_UNSIZED must be 0 or 1, got '01'"),
+    ("DOWNLOAD_ALLOW_UNSIZED", "+1", "DOWNLOAD_ALLOW_UNSIZED must be 0 or 1, got '+1'"),
 ]
 
 STAGES = {

@@ -159,6 +159,7 @@ def test_backoff_doubles_and_honours_retry_after():
     assert [stage.backoff_delay(a, 1.0, None) for a in (1, 2, 3)] == [1.0, 2.0, 4.0]
     assert stage.backoff_delay(1, 1.0, 10.0) == 10.0
     assert stage.backoff_delay(1, 1.0, 3600.0) == stage.MAX_RETRY_AFTER
+    assert stage.backoff_delay(100, 1.0, None) == stage.backoff_delay(10, 1.0, None) == stage.MAX_BACKOFF
 
 
 # ---------------------------------------------------------------------------------------
