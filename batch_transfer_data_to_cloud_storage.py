@@ -581,7 +581,10 @@ class Storage:
             raise storage_error(exc, self.bucket, doing) from None
 
     def check_bucket(self) -> None:
-        self._call("checking the bucket", "head_bucket")
+        # A one-key listing of the day, not HeadBucket: S3 authorises HeadBucket as a
+        # ListBucket without s3:prefix, which a policy can allow only by allowing a listing
+        # of the whole bucket. This one stays inside the export prefix (ExportPolicy).
+        self._call("checking the bucket", "list_objects_v2", Prefix=self.plan.day_prefix, MaxKeys=1)
 
     def put(self, key: str, body: bytes, content_type: str, **extra) -> str:
         """Store `body` encrypted at rest, with a SHA-256 the store checks; its hex digest."""

@@ -30,7 +30,6 @@ from conftest import REPO, query
 
 LAMBDA_DIR = REPO / "lambda"
 LAMBDA_FILE = LAMBDA_DIR / "lambda_function.py"
-TEMPLATE = LAMBDA_DIR / "template.yaml"
 DAY = "2026-11-26"
 PREFIX = "exports/"
 
@@ -647,53 +646,7 @@ def test_lambda_readme_agrees_with_env_example_help_and_template():
     for option in ("--date", "--json", "--env-file", "--verbose"):
         assert option in readme
     assert "lambda_function.lambda_handler" in readme and "python3.12" in readme
-    policies = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", readme, re.DOTALL)]
-    policy = next(p for p in policies if "Statement" in p)
-    actions = {a for s in policy["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
-    assert actions == {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "logs:CreateLogStream", "logs:PutLogEvents"}
-    for statement in policy["Statement"]:
-        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
-        assert all(r not in ("*", "arn:aws:s3:::*") for r in resources)
-    layer = re.search(r"arn:aws:lambda:[a-z0-9-]+:336392948345:layer:AWSSDKPandas-Python312:\d+", readme).group(0)
-    assert layer in TEMPLATE.read_text(encoding="utf-8")
-
-
-def load_template() -> dict:
-    from cfnlint.decode import cfn_yaml
-
-    return cfn_yaml.loads(TEMPLATE.read_text(encoding="utf-8"))
-
-
-def test_lambda_template_passes_cfn_lint():
-    pytest.importorskip("cfnlint")
-    # cfn-lint 1.x has no `python -m cfnlint`; its console script runs cfnlint.runner.main.
-    done = subprocess.run(
-        [sys.executable, "-c", "import sys; from cfnlint.runner import main; sys.argv[0] = 'cfn-lint'; main()",
-         str(TEMPLATE)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
-def test_lambda_template_is_least_privilege():
-    pytest.importorskip("cfnlint")
-    template = load_template()
-    resources = template["Resources"]
-    function = next(r for r in resources.values() if r["Type"] == "AWS::Lambda::Function")["Properties"]
-    assert function["Handler"] == "lambda_function.lambda_handler"
-    assert float(function["Runtime"].removeprefix("python")) >= 3.12
-    assert {"S3Bucket", "S3Key"} <= set(function["Code"])
-    assert not any("AWS_" in name for name in function["Environment"]["Variables"])
-    role = next(r for r in resources.values() if r["Type"] == "AWS::IAM::Role")["Properties"]
-    statements = [s for p in role["Policies"] for s in p["PolicyDocument"]["Statement"]]
-    text = json.dumps(statements)
-    assert '"*"' not in text and "s3:*" not in text and "logs:*" not in text
-    listing = next(s for s in statements if s.get("Action") == "s3:ListBucket")
-    assert "s3:prefix" in json.dumps(listing["Condition"])
-    types = {r["Type"] for r in resources.values()}
-    assert {"AWS::Events::Rule", "AWS::Lambda::Permission", "AWS::Logs::LogGroup"} <= types
-    assert "PandasLayerArn" in template["Parameters"]
-    assert ":layer:AWSSDKPandas-" in template["Parameters"]["PandasLayerArn"]["Default"]
+    # The policies and the template: tests/test_lambda_template.py.
 
 
 # ---------------------------------------------------------------------------------------

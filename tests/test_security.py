@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import re
 import secrets
 import shutil
 import subprocess
@@ -849,75 +848,7 @@ def test_security_unescaped_password_libpq_reads_as_meant_connects_and_leaks_not
 
 
 # ---------------------------------------------------------------------------------------
-# S3 and Lambda policies (lambda/template.yaml, lambda/README.md)
-
-
-def load_template() -> dict:
-    pytest.importorskip("cfnlint")
-    from cfnlint.decode import cfn_yaml
-
-    return cfn_yaml.loads((REPO / "lambda" / "template.yaml").read_text(encoding="utf-8"))
-
-
-def statements_by_sid(document: dict) -> dict[str, dict]:
-    """Statements by Sid, with CloudFormation's `!If [condition, statement, NoValue]` unwrapped."""
-    found = {}
-    for statement in document["Statement"]:
-        if "Fn::If" in statement:
-            statement = statement["Fn::If"][1]
-        found[statement["Sid"]] = statement
-    return found
-
-
-def as_list(value) -> list:
-    return value if isinstance(value, list) else [value]
-
-
-def test_security_template_bucket_policy_denies_plain_http_old_tls_and_unencrypted_exports():
-    policy = statements_by_sid(load_template()["Resources"]["DataBucketPolicy"]["Properties"]["PolicyDocument"])
-
-    transport = policy["DenyInsecureTransport"]
-    assert transport["Effect"] == "Deny" and transport["Action"] == "s3:*"
-    assert transport["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
-    assert policy["DenyOutdatedTls"]["Condition"] == {"NumericLessThan": {"s3:TlsVersion": 1.2}}
-    unencrypted = policy["DenyExportUploadsWithoutEncryptionHeader"]
-    assert unencrypted["Effect"] == "Deny" and unencrypted["Action"] == "s3:PutObject"
-    assert unencrypted["Condition"] == {"Null": {"s3:x-amz-server-side-encryption": "true"}}
-    assert "${ExportPrefix}" in json.dumps(unencrypted["Resource"])
-
-
-def test_security_template_lambda_role_reads_its_prefix_and_writes_only_results():
-    role = load_template()["Resources"]["MetricsRole"]["Properties"]
-    policy = statements_by_sid(role["Policies"][0]["PolicyDocument"])
-
-    assert policy["ReadTheExports"]["Action"] == "s3:GetObject"
-    assert json.dumps(policy["ReadTheExports"]["Resource"]).endswith('/${ExportPrefix}*"}')
-    listing = policy["ListTheExportPrefix"]["Condition"]
-    assert listing == {"StringLike": {"s3:prefix": [{"Fn::Sub": "${ExportPrefix}*"}]}}
-    assert policy["WriteTheResults"]["Action"] == "s3:PutObject"
-    assert json.dumps(policy["WriteTheResults"]["Resource"]).endswith('/${ResultsPrefix}*"}')
-    assert {a for s in policy.values() for a in as_list(s["Action"])} == {
-        "s3:ListBucket", "s3:GetObject", "s3:PutObject", "logs:CreateLogStream", "logs:PutLogEvents"}
-
-
-def test_security_export_user_policy_in_template_and_readme_grants_only_what_the_export_uses():
-    template_policy = statements_by_sid(load_template()["Resources"]["ExportPolicy"]["Properties"]["PolicyDocument"])
-    readme = (REPO / "lambda" / "README.md").read_text(encoding="utf-8")
-    section = readme.split("### IAM policy for the export user", 1)[1]
-    readme_policy = statements_by_sid(json.loads(re.search(r"```json\n(.*?)```", section, re.DOTALL).group(1)))
-
-    for policy in (template_policy, readme_policy):
-        assert {sid: set(as_list(s["Action"])) for sid, s in policy.items()} == {
-            "ListTheExportPrefix": {"s3:ListBucket"},
-            "WriteAndReplaceTheExports": {"s3:PutObject", "s3:DeleteObject"},
-            "ReadTheManifests": {"s3:GetObject"},  # only the day's manifest, which a run replaces
-        }
-        assert all(s["Effect"] == "Allow" for s in policy.values())
-        assert "StringLikeIfExists" in policy["ListTheExportPrefix"]["Condition"]
-    assert readme_policy["WriteAndReplaceTheExports"]["Resource"] == "arn:aws:s3:::my-data-waddle-bucket/exports/*"
-    assert json.dumps(template_policy["WriteAndReplaceTheExports"]["Resource"]).endswith('/${ExportPrefix}*"}')
-    assert readme_policy["ReadTheManifests"]["Resource"] == "arn:aws:s3:::my-data-waddle-bucket/exports/*/_manifest.json"
-    assert json.dumps(template_policy["ReadTheManifests"]["Resource"]).endswith('/${ExportPrefix}*/_manifest.json"}')
+# S3 and Lambda policies (lambda/template.yaml, lambda/README.md): tests/test_lambda_template.py
 
 
 @pytest.mark.parametrize("script", ["waddle_common.py", "download_dataset.py", "transform_load_csv_data.py",
