@@ -928,7 +928,13 @@ def export(settings: common.Settings, args: argparse.Namespace) -> int:
 
 
 def read_previous(storage: Storage, plan: ExportPlan) -> PreviousExport | None:
-    """The day's current manifest, read under the lock: the run this one will replace."""
+    """The day's current manifest, read under the lock: the run this one will replace.
+
+    Looked for by a listing first: to a role whose ListBucket is limited to a prefix, S3 may
+    answer a GET of a missing key with 403 rather than 404, so the first export of a day
+    would look like a permission error."""
+    if plan.manifest_key not in storage.list_keys(plan.manifest_key):
+        return None
     body = storage.read(plan.manifest_key)
     return None if body is None else parse_previous(body)
 
