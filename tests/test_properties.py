@@ -27,7 +27,7 @@ Where the README is silent or ambiguous the model assumes (ASSUMPTION: in the mo
   time only; 'T' and 'Z' are upper-case; the date's two separators are the same;
 - 'a minus sign followed by digits' is literal: '-2' is not_positive, '-2.0' invalid_number;
   any leading minus on a cost is negative_cost, '-0' included;
-- white space is Python's (str.strip, re's \s);
+- white space is Python's (str.strip(), and re's class for white space);
 - a blank header name anywhere is pandas' index column: ignored, but a field of the header
   (it counts in wrong_field_count's "the header has N");
 - a line of only spaces is a record (of one field), only an empty line is not;
