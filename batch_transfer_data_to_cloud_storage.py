@@ -140,16 +140,16 @@ class ExportPlan:
 
 
 def check_prefix(prefix: str) -> str:
-    """S3_PREFIX is empty or a folder ending in '/' ('exports/'), so keys never run together.
+    """S3_PREFIX as a folder: ' /exports ' -> 'exports/'; '' and '/' -> '' (the bucket's root).
 
-    A leading '/' is refused too: S3 would keep it (an unnamed top folder), while the Lambda
-    reader strips it and would then look in another place.
+    The Lambda's normalise_prefix does exactly the same, so both always name the same keys.
+    A missing '/' is added rather than refused: 'exports' can only mean the folder (keys
+    would otherwise run together as 'exports2024-05-01/'), and the Lambda, deployed with its
+    own copy of the setting, has always added it. A leading '/' is dropped: S3 would keep it
+    as an unnamed top folder that no one means.
     """
-    if prefix and not prefix.endswith("/"):
-        raise common.ConfigError(f"S3_PREFIX must be empty or end with '/', got {prefix!r}; try {prefix + '/'!r}")
-    if prefix.startswith("/"):
-        raise common.ConfigError(f"S3_PREFIX must not start with '/', got {prefix!r}; try {prefix.lstrip('/')!r}")
-    return prefix
+    prefix = prefix.strip().lstrip("/")
+    return prefix if not prefix or prefix.endswith("/") else prefix + "/"
 
 
 def check_sse(sse: str, kms_key_id: str) -> str:

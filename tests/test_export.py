@@ -267,10 +267,11 @@ def test_export_prefix_empty_or_a_folder_is_accepted(prefix):
     assert stage.check_prefix(prefix) == prefix
 
 
-@pytest.mark.parametrize("prefix", ["exports", "a/b", "/", "/exports/"])
-def test_export_prefix_without_trailing_or_with_leading_slash_is_refused(prefix):
-    with pytest.raises(common.ConfigError):
-        stage.check_prefix(prefix)
+# The same normalisation as the Lambda's: tests/test_contract.py checks both on one table.
+@pytest.mark.parametrize("prefix, folder",
+                         [("exports", "exports/"), ("a/b", "a/b/"), ("/", ""), ("/exports/", "exports/")])
+def test_export_prefix_without_trailing_or_with_leading_slash_is_normalised(prefix, folder):
+    assert stage.check_prefix(prefix) == folder
 
 
 ROWS = [
@@ -443,7 +444,6 @@ def test_export_storage_errors_are_one_clear_line(exc, expected):
 @pytest.mark.parametrize(
     "env, argv",
     [
-        ({"S3_PREFIX": "exports"}, []),
         ({"EXPORT_COMPRESSION": "rar"}, []),
         ({"EXPORT_COMPRESSION_LEVEL": "12"}, []),
         ({"EXPORT_BATCH_SIZE": "0"}, []),
@@ -454,7 +454,7 @@ def test_export_storage_errors_are_one_clear_line(exc, expected):
         ({}, ["--batch-size", "0"]),
         ({}, ["--compression", "rar"]),
     ],
-    ids=["prefix", "compression", "level", "batch-env", "sse", "kms-without-sse", "date", "date-basic",
+    ids=["compression", "level", "batch-env", "sse", "kms-without-sse", "date", "date-basic",
          "batch-flag", "compression-flag"],
 )
 def test_export_bad_settings_exit_2_before_touching_anything(monkeypatch, capsys, env, argv):

@@ -19,6 +19,8 @@ import os
 import boto3
 import pytest
 
+from .support import PREFIX, load_lambda, upload_golden
+
 # Variables the Lambda (and boto3) read: cleared for every test so the developer's shell or
 # .env never leaks into a test.
 VARIABLES = (
@@ -80,3 +82,18 @@ def s3_bucket(aws, monkeypatch):
 def s3(s3_bucket):
     """A client of the moto server (the bucket exists)."""
     return boto3.client("s3")
+
+
+@pytest.fixture
+def lf(s3_bucket, monkeypatch):
+    """The Lambda module, imported afresh (a cold start) once S3_BUCKET_NAME names the test's
+    bucket and S3_PREFIX is the golden export's. A test that changes a setting imports it again
+    with support.load_lambda()."""
+    monkeypatch.setenv("S3_PREFIX", PREFIX)
+    return load_lambda()
+
+
+@pytest.fixture
+def golden(s3_bucket):
+    """The golden export of 2026-11-26 (zip) in the test's bucket; its manifest."""
+    return upload_golden(s3_bucket)

@@ -1,0 +1,216 @@
+"""The contract between stage 4 and the Lambda, pinned by a golden export.
+
+tests/lambda/golden_export/ holds, as static files, two exports of the small dataset below
+exactly as stage 4 writes them: 2026-11-26 as zip and 2026-11-27 as gzip, 4 rows per batch
+(so every table has several batches), under S3_PREFIX `exports/`. The Lambda's tests
+(tests/lambda/) read those very files and check exact metrics; here stage 4 runs for real
+(PostgreSQL, moto's S3 server) on the dataset and must write exactly those objects, byte for
+byte, and that manifest, apart from what differs run to run: the run id (in the keys too),
+the export time and the producer's tool_version.
+
+The dataset: a destination without bookings, two places named Springfield, a town called
+Nan, names with commas, quotes and non-ASCII text, a BIGINT id, a customer without a phone,
+totals from 0.00 to near stage 3's limit.
+
+After a deliberate change of the format, regenerate the files (then review the diff):
+    WADDLE_REGENERATE_GOLDEN=1 python -m pytest tests/test_contract.py
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+import boto3
+import pytest
+
+import batch_transfer_data_to_cloud_storage as stage4
+from conftest import REPO, query
+
+GOLDEN = REPO / "tests" / "lambda" / "golden_export"
+PREFIX = "exports/"
+EXPORTS = {"2026-11-26": "zip", "2026-11-27": "gzip"}  # day -> compression
+BATCH_SIZE = 4
+# What differs from run to run, as the golden files spell it.
+GOLDEN_RUN = "{day}T060000.000Z-90100e11"  # the day without dashes
+GOLDEN_TOOL_VERSION = "golden"
+
+DESTINATIONS = [  # destination_id, destination, country, popular_season
+    (1, "Paris", "France", "Spring"),
+    (2, "Springfield", "United States", "Summer"),
+    (3, "Springfield", "Australia", "Winter"),
+    (4, "Nan", "Thailand", "Winter"),  # a real town, not a missing value
+    (5, "Atlantis", "Nowhere", "Summer"),  # no bookings
+    (6, "São Paulo, SP", "Brasil", "Autumn"),
+    (7, 'Zürich "Altstadt"', "Schweiz", "Winter"),
+    (9000000000000000001, "京都", "日本", "Autumn"),  # a BIGINT id
+    (10, "NA", "NA", "Spring"),  # not missing either
+]
+CUSTOMERS = [  # customer_id, first_name, last_name, email, phone
+    (1, "Zoë", "O'Brien, Jr.", "zoe@example.com", "+44 20 7946 0000"),
+    (2, "José", "Müller", "jose@example.com", None),
+    (3, "李", "小龙", "li@example.com", "555-0100"),
+    (4, "Anne", '"Nan" Smith', "anne@example.com", ""),
+    (5, "Bob", "=HYPERLINK(\"x\")", "bob@example.com", "555-0101"),
+    (6, "Eve", "Dupont-Durand", "eve@example.com", "555-0102"),
+]
+BOOKINGS = [  # booking_id, customer_id, destination_id, booking_date, passengers, cost, passengers/cost imputed
+    (1, 1, 1, "2026-01-05", 2, "1234.50", False, False),
+    (2, 2, 2, "2026-02-10", 1, "0.00", False, False),
+    (3, 3, 3, "2026-03-15", 3, "33.33", False, False),
+    (4, 4, 4, "2026-04-20", 1, "99.99", True, False),
+    (5, 5, 6, "2026-05-25", 4, "250.25", False, True),
+    (6, 6, 7, "2026-06-30", 2, "0.01", False, False),
+    (7, 1, 9000000000000000001, "2026-07-04", 1000001, "9999989999.99", False, False),
+    (8, 2, 9000000000000000001, "2026-08-08", 1, "9999999999.99", False, False),
+    (9, 3, 10, "2026-09-09", 5, "10.10", False, False),
+    (10, 4, 1, "2026-10-10", 1, "0.10", False, False),
+    (11, 5, 1, "2026-11-11", 1, "0.20", False, False),
+    (12, 6, 2, "2026-11-12", 7, "142.86", False, False),
+    (13, 1, 6, "2026-11-13", 2147483647, "0.05", False, False),
+]
+
+
+def load_dataset(url: str) -> None:
+    query(url, "INSERT INTO destination VALUES " + ", ".join(["(%s, %s, %s, %s)"] * len(DESTINATIONS)),
+          [v for row in DESTINATIONS for v in row])
+    query(url, "INSERT INTO customer VALUES " + ", ".join(["(%s, %s, %s, %s, %s)"] * len(CUSTOMERS)),
+          [v for row in CUSTOMERS for v in row])
+    query(url, "INSERT INTO booking (booking_id, customer_id, destination_id, booking_date, number_of_passengers,"
+               " cost_per_passenger, total_booking_value, passengers_imputed, cost_imputed) VALUES "
+          + ", ".join(["(%s, %s, %s, %s, %s, %s::numeric, %s * %s::numeric, %s, %s)"] * len(BOOKINGS)),
+          [v for b in BOOKINGS for v in (*b[:6], b[4], b[5], *b[6:])])
+
+
+def export(day: str, compression: str, monkeypatch, prefix: str = PREFIX) -> None:
+    monkeypatch.setenv("S3_PREFIX", prefix)
+    argv = ["--date", day, "--compression", compression, "--batch-size", str(BATCH_SIZE)]
+    assert stage4.main(argv) == 0
+
+
+def stored(bucket: str, day: str, prefix: str = PREFIX) -> tuple[dict, dict[str, bytes]]:
+    """The day's manifest and every object under the day's folder, keyed relative to the bucket."""
+    s3 = boto3.client("s3")
+    listing = s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}{day}/")
+    objects = {o["Key"]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listing["Contents"]}
+    return json.loads(objects.pop(f"{prefix}{day}/_manifest.json")), objects
+
+
+def normalised(manifest: dict, objects: dict[str, bytes], day: str) -> tuple[dict, dict[str, bytes]]:
+    """The run's id, time and producer version replaced by the golden files' (keys included)."""
+    run_id, golden_run = manifest["run_id"], GOLDEN_RUN.format(day=day.replace("-", ""))
+    manifest = json.loads(json.dumps(manifest).replace(run_id, golden_run))
+    manifest.update(exported_at=f"{day}T06:00:00Z", tool_version=GOLDEN_TOOL_VERSION)
+    return manifest, {key.replace(run_id, golden_run): body for key, body in objects.items()}
+
+
+def golden(day: str) -> tuple[dict, dict[str, bytes]]:
+    folder = GOLDEN / PREFIX / day
+    files = {f"{PREFIX}{day}/{p.relative_to(folder).as_posix()}": p.read_bytes() for p in folder.rglob("*")
+             if p.is_file()}
+    return json.loads(files.pop(f"{PREFIX}{day}/_manifest.json")), files
+
+
+def unpacked(key: str, body: bytes) -> bytes:
+    if key.endswith(".zip"):
+        with zipfile.ZipFile(io.BytesIO(body)) as archive:
+            return b"".join(archive.read(name) for name in archive.namelist())
+    return gzip.decompress(body)
+
+
+@pytest.mark.slow
+def test_contract_stage_4_writes_the_golden_export(schema_db, s3_bucket, monkeypatch):
+    load_dataset(schema_db)
+    for day, compression in EXPORTS.items():
+        export(day, compression, monkeypatch)
+        manifest, objects = normalised(*stored(s3_bucket, day), day)
+        if os.environ.get("WADDLE_REGENERATE_GOLDEN") == "1":
+            shutil.rmtree(GOLDEN / PREFIX / day, ignore_errors=True)
+            objects[f"{PREFIX}{day}/_manifest.json"] = (json.dumps(manifest, indent=2) + "\n").encode()
+            for key, body in objects.items():
+                (GOLDEN / key).parent.mkdir(parents=True, exist_ok=True)
+                (GOLDEN / key).write_bytes(body)
+            continue
+        want_manifest, want_objects = golden(day)
+
+        assert manifest == want_manifest
+        assert sorted(objects) == sorted(want_objects) == sorted(o["key"] for o in manifest["objects"])
+        for key, body in objects.items():  # the CSV first: a clearer diff than the bytes
+            assert unpacked(key, body).decode() == unpacked(key, want_objects[key]).decode(), key
+            assert body == want_objects[key], key
+    if os.environ.get("WADDLE_REGENERATE_GOLDEN") == "1":
+        pytest.skip(f"golden export regenerated in {GOLDEN}: review `git diff`")
+
+
+def test_contract_golden_export_is_complete_and_consistent():
+    """The static files agree with their manifests: every listed object, its size and SHA-256."""
+    for day, compression in EXPORTS.items():
+        manifest, objects = golden(day)
+        assert (manifest["date"], manifest["compression"], manifest["prefix"]) == (day, compression, f"{PREFIX}{day}/")
+        assert sorted(objects) == sorted(o["key"] for o in manifest["objects"])
+        for entry in manifest["objects"]:
+            body = objects[entry["key"]]
+            assert (len(body), hashlib.sha256(body).hexdigest()) == (entry["bytes"], entry["sha256"])
+            assert entry["key"].startswith(f"{PREFIX}{day}/{manifest['run_id']}/{entry['table']}/")
+        counts = {table: sum(1 for o in manifest["objects"] if o["table"] == table) for table in manifest["tables"]}
+        assert counts == {"customer": 2, "destination": 3, "booking": 4}  # several batches each
+        assert {t: manifest["tables"][t]["rows"] for t in counts} == {
+            "customer": len(CUSTOMERS), "destination": len(DESTINATIONS), "booking": len(BOOKINGS)}
+
+
+# ---------------------------------------------------------------------------------------
+# S3_PREFIX: one normalisation in stage 4 and the Lambda
+
+
+def lambda_module():
+    spec = importlib.util.spec_from_file_location("waddle_lambda_contract", REPO / "lambda" / "lambda_function.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+PREFIXES = [  # S3_PREFIX as written -> the folder both stages use
+    ("", ""), ("/", ""), ("exports", "exports/"), ("exports/", "exports/"), ("/exports", "exports/"),
+    (" exports/ ", "exports/"), ("a/b", "a/b/"), ("a/b/", "a/b/"), ("//exports", "exports/"),
+]
+
+
+@pytest.mark.parametrize("value, folder", PREFIXES)
+def test_contract_s3_prefix_is_normalised_the_same_way_by_stage_4_and_the_lambda(value, folder):
+    assert stage4.check_prefix(value.strip()) == lambda_module().normalise_prefix(value) == folder
+
+
+@pytest.mark.slow
+def test_contract_prefix_without_slash_export_and_lambda_meet(schema_db, s3_bucket, monkeypatch):
+    # Stage 4 given "exports" writes under exports/; the Lambda given "/exports" reads it there.
+    load_dataset(schema_db)
+    export("2026-11-26", "zip", monkeypatch, prefix="exports")
+    manifest, objects = stored(s3_bucket, "2026-11-26")
+    assert manifest["prefix"] == "exports/2026-11-26/" and all(k.startswith("exports/2026-11-26/") for k in objects)
+    monkeypatch.setenv("S3_PREFIX", "/exports")
+    lf = lambda_module()
+    result = lf.run({"date": "2026-11-26"}, lf.Settings.from_env(), boto3.client("s3"))
+    expected = json.loads((GOLDEN / "expected_metrics.json").read_text(encoding="utf-8"))
+    assert result["prefix"] == "exports/"
+    assert (result["metrics"], result["totals"]) == (expected["metrics"], expected["totals"])
+
+
+def test_contract_money_grammar_is_what_stage_4_writes():
+    # Every total in the golden export matches the Lambda's one grammar, and nothing else does.
+    grammar = re.compile(lambda_module().EXPORT_MONEY)
+    for day in EXPORTS:
+        manifest, objects = golden(day)
+        for entry in manifest["objects"]:
+            if entry["table"] == "booking":
+                lines = unpacked(entry["key"], objects[entry["key"]]).decode().splitlines()[1:]
+                assert lines and all(grammar.fullmatch(line.split(",")[-3]) for line in lines)
