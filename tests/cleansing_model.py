@@ -225,7 +225,9 @@ NUMERIC_DATE = re.compile(
 )
 MONTH_FIRST = re.compile(r"(?P<month>[A-Za-z]+)\.? (?P<day>[0-9]{1,2}),? (?P<year>[0-9]{4})")
 DAY_FIRST = re.compile(r"(?P<day>[0-9]{1,2}) (?P<month>[A-Za-z]+)\.?,? (?P<year>[0-9]{4})")
-AMBIGUOUS_DATE = re.compile(r"[0-9]{1,2}/[0-9]{1,2}/[0-9]{4}")
+# Two numbers of 1 or 2 digits and a year of 2 to 4, separated by / . or - (README). ASSUMPTION:
+# the two separators may differ ('02-06/2023'), as the README does not ask for the same one.
+AMBIGUOUS_DATE = re.compile(r"[0-9]{1,2}[/.-][0-9]{1,2}[/.-][0-9]{2,4}")
 
 
 def month_number(name: str) -> int | None:
