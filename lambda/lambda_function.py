@@ -47,7 +47,6 @@ MANIFEST_NAME = "_manifest.json"
 MANIFEST_FORMAT_VERSION = 1
 CHUNK_ROWS = 100_000  # rows per parsed chunk: a few MB whatever the object's size
 READ_WORKERS = 4  # objects downloaded, verified and parsed at once (network and parsing overlap)
-SPOOL_BYTES = 8 << 20  # an object is kept in memory up to this size, else in /tmp
 RESULTS = {"json": ("destination_metrics.json", "application/json"), "csv": ("destination_metrics.csv", "text/csv")}
 SSE_MODES = {"aes256": "AES256", "aws:kms": "aws:kms"}  # S3_SSE, as for stage 4
 # The export's money grammar, written once: exactly two decimals and at most 16 digits of
@@ -192,8 +191,9 @@ def load_manifest(s3, bucket: str, prefix: str, day: str) -> dict:
 
 def check_manifest(manifest: object, key: str, folder: str, day: str) -> None:
     """The fields this stage relies on are present and agree with the request."""
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("objects"), list):
-        raise ExportCorrupt(f"manifest {key} is not a JSON object with an objects list")
+    if not (isinstance(manifest, dict) and isinstance(manifest.get("objects"), list)
+            and isinstance(manifest.get("tables", {}), dict)):
+        raise ExportCorrupt(f"manifest {key} is not a JSON object with an objects list (and a tables object)")
     if manifest.get("format_version") != MANIFEST_FORMAT_VERSION:
         raise ExportCorrupt(f"manifest {key} has format_version {manifest.get('format_version')!r}, "
                             f"not {MANIFEST_FORMAT_VERSION}")
@@ -215,7 +215,7 @@ def fetch_verified(s3, bucket: str, entry: dict, stack: ExitStack) -> IO[bytes]:
     key = entry["key"]
     try:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"]
-        spool = stack.enter_context(tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES))
+        spool = stack.enter_context(tempfile.SpooledTemporaryFile(max_size=8 << 20))  # then in /tmp
         digest, size = hashlib.sha256(), 0
         for block in body.iter_chunks(1 << 20):
             digest.update(block)
@@ -346,9 +346,9 @@ def compute_metrics(s3, bucket: str, prefix: str, day: str, *, chunk_rows: int =
                     destinations[dest_id] = (name, country)
                 for dest_id, values in sums.items():
                     totals[dest_id] = [a + b for a, b in zip(totals.get(dest_id, (0, 0, 0)), values, strict=True)]
-            declared = manifest.get("tables", {}).get(table, {}).get("rows")
-            if isinstance(declared, int) and declared != rows_read[table]:
-                raise ExportCorrupt(f"manifest lists {declared} {table} rows, its objects hold {rows_read[table]}")
+            declared = manifest.get("tables", {}).get(table)  # the exporter's summary, checked when present
+            if isinstance(declared, dict) and declared.get("rows") != rows_read[table]:
+                raise ExportCorrupt(f"manifest lists {declared.get('rows')} {table} rows, objects hold {rows_read[table]}")
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     unknown = sorted(set(totals) - set(destinations))

@@ -116,6 +116,16 @@ def test_lambda_bad_destination_content_names_the_object(lf, golden, s3_bucket, 
         lf.lambda_handler({"date": DAY}, FakeContext())
 
 
+def test_lambda_header_only_objects_are_an_empty_table(lf, golden, s3_bucket):
+    # Stage 4 writes a header-only object for a table without rows: a day without bookings.
+    for key in booking_keys(golden):
+        replace_object(s3_bucket, golden, key, FULL_HEADER)
+    result = lf.lambda_handler({"date": DAY}, FakeContext())
+    assert result["totals"] == {"destinations": 9, "destinations_with_bookings": 0, "total_bookings": 0,
+                                "total_booking_value": "0.00", "total_passengers_booked": 0}
+    assert len(result["destinations_without_bookings"]) == 9
+
+
 def test_lambda_booking_of_an_unknown_destination_fails_the_run(lf, golden, s3_bucket):
     replace_object(s3_bucket, golden, booking_keys(golden)[0], BOOKING_HEADER + b"999,2,10.00\n")
     with pytest.raises(lf.ExportCorrupt, match="destination_id.*999"):
@@ -135,6 +145,7 @@ def test_lambda_row_count_other_than_listed_is_reported(lf, golden, s3_bucket):
         (lambda m: m.update(format_version=2), "format_version 2, not 1"),
         (lambda m: m.update(date="2026-11-25"), "is for date"),
         (lambda m: m.update(objects="none"), "objects list"),
+        (lambda m: m.pop("objects"), "objects list"),
         (lambda m: m["objects"][0].update(key="elsewhere/x.csv.zip"), "outside exports/2026-11-26/"),
         (lambda m: m["objects"].append(dict(m["objects"][0])), "twice"),
         (lambda m: m["objects"][0].update(sha256="abc"), "no valid table, rows, bytes or sha256"),
@@ -142,7 +153,9 @@ def test_lambda_row_count_other_than_listed_is_reported(lf, golden, s3_bucket):
         (lambda m: m["objects"][0].update(bytes=True), "no valid table, rows, bytes or sha256"),
         (lambda m: m["objects"][0].pop("table"), "no valid table, rows, bytes or sha256"),
         (lambda m: m["objects"].append("a key"), "lists 'a key'"),
-        (lambda m: m["tables"]["booking"].update(rows=1), "manifest lists 1 booking rows, its objects hold 13"),
+        (lambda m: m["tables"]["booking"].update(rows=1), "manifest lists 1 booking rows, objects hold 13"),
+        (lambda m: m["tables"]["booking"].pop("rows"), "manifest lists None booking rows, objects hold 13"),
+        (lambda m: m.update(tables=["booking"]), "(and a tables object)"),
     ],
 )
 def test_lambda_invalid_manifest_is_reported(lf, golden, s3_bucket, edit, problem):

@@ -2,8 +2,10 @@
 object's size and whether or not pyarrow is installed, with the same verdict: ExportCorrupt
 naming the object, the data row and the value, and nothing but JSON lines on stderr.
 
-"Without pyarrow" runs the handler in a child process where `import pyarrow` fails
-(sys.modules["pyarrow"] = None before pandas is imported), as in a layer built without it.
+"Without pyarrow" runs the handler in a child process where no import finds pyarrow (a finder
+first on sys.meta_path refuses it before pandas is imported), as in a layer built without it.
+(`sys.modules["pyarrow"] = None` is not enough: pandas 3.0 then still finds pyarrow installed,
+and crashes on the None.) The CI venv without pyarrow runs these tests for real too.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ VALID = [("0.00", 0), ("0.01", 1), ("99.99", 9999), ("1234.50", 123450), ("99999
 MALFORMED = ["1e5", "1E2", "+5.00", "-1.00", "10.500", "10.5", " 10.00", "10.00 ", "12345678901234567.00",
              "", "1,000.00", "10,00", "١٠.٠٠", "１０.００", "NaN", "inf", "0x10", ".50", "10.", "10", "1_000.00",
              "$10.00", "10.00e0", "10.00\n10.00", "10.0\x00", "1" * 3_000_000 + ".00"]
+# pandas before 3.1 ends a value at a NUL byte ('10.0\x00' reads as '10.0'): still refused,
+# but the value shown differs by pandas version, so that case is checked on to_cents alone.
+IN_FILES = [value for value in MALFORMED if "\x00" not in value]
 LARGE = ["1e5", "1E2", "+5.00", "-1.00", "10.500", "10.5", " 10.00", "12345678901234567.00"]
 LARGE_ROWS = 120_000  # the bad value comes after it: in the second chunk of 100,000 rows
 MESSAGE = ("object {key} data row {row}: total_booking_value {value!r} is not money as the export writes it "
@@ -113,8 +118,12 @@ def put_case(bucket: str, day: str, data_rows: tuple[bytes, int]) -> str:
 
 CHILD = r"""
 import importlib.util, json, logging, sys
+class NoPyarrow:  # every import of pyarrow fails, as in a layer without it
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "pyarrow":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 if sys.argv[1] == "without":
-    sys.modules["pyarrow"] = None  # `import pyarrow` now fails, as in a layer without it
+    sys.meta_path.insert(0, NoPyarrow())
 else:
     import pyarrow
 spec = importlib.util.spec_from_file_location("lambda_function", sys.argv[2])
@@ -156,7 +165,7 @@ def cases(s3_bucket, monkeypatch):
         key = put_case(s3_bucket, day, data)
         cases[day] = (key, None if value is None else verdict(key, row, value))
 
-    for value in MALFORMED:
+    for value in IN_FILES:
         add(booking_csv(["1.00", value, "2.00"]), 2, value)
     for value in LARGE:
         add(booking_csv([value, "5.00"], filler=LARGE_ROWS), LARGE_ROWS + 1, value)
