@@ -153,7 +153,7 @@ def resolve_date(event: Mapping[str, Any] | None, now: datetime | None = None) -
     if event.get("time") is not None:
         raw = str(event["time"]).strip()
         try:
-            moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+            moment = datetime.fromisoformat(raw)  # "Z" included, since Python 3.11
         except ValueError:
             raise MetricsError(f"event time must be an ISO 8601 timestamp, got {raw!r}") from None
         return (moment.astimezone(UTC) if moment.tzinfo else moment).date().isoformat()
@@ -263,8 +263,8 @@ def read_csv(raw: IO[bytes], key: str, table: str, chunk_rows: int, stack: ExitS
 def to_cents(values: np.ndarray, key: str, first_row: int) -> np.ndarray:
     """int64 cents of money texts in the export grammar; ExportCorrupt names the first other one.
 
-    One regex checks the values joined by newlines, then numpy parses them without their points
-    (the digits ARE the cents), all in C: 0.3 s per million, a loop per value takes 1 s."""
+    One regex checks the values joined by newlines, numpy parses them without their points (the
+    digits ARE the cents): all in C, 3x faster than re.fullmatch and int() per value (0.36 s/M)."""
     text = "\n".join(values)
     cents = np.fromstring(text.replace(".", ""), dtype=np.int64, sep="\n") if MONEY_LINES.fullmatch(text) else []
     if len(cents) != len(values):  # a value off the grammar, or one holding a newline
@@ -348,7 +348,7 @@ def compute_metrics(s3, bucket: str, prefix: str, day: str, *, chunk_rows: int =
                     totals[dest_id] = [a + b for a, b in zip(totals.get(dest_id, (0, 0, 0)), values, strict=True)]
             declared = manifest.get("tables", {}).get(table)  # the exporter's summary, checked when present
             if isinstance(declared, dict) and declared.get("rows") != rows_read[table]:
-                raise ExportCorrupt(f"manifest lists {declared.get('rows')} {table} rows, objects hold {rows_read[table]}")
+                raise ExportCorrupt(f"manifest counts {declared.get('rows')} {table} rows, objects {rows_read[table]}")
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     unknown = sorted(set(totals) - set(destinations))

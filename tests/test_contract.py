@@ -28,13 +28,12 @@ import re
 import shutil
 import sys
 import zipfile
-from pathlib import Path
 
 import boto3
 import pytest
+from conftest import REPO, query
 
 import batch_transfer_data_to_cloud_storage as stage4
-from conftest import REPO, query
 
 GOLDEN = REPO / "tests" / "lambda" / "golden_export"
 PREFIX = "exports/"

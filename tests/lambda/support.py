@@ -55,7 +55,8 @@ def event(name: str) -> dict:
 def golden_files(day: str = DAY) -> dict[str, bytes]:
     """Key (relative to the bucket, prefix `exports/`) -> bytes of the day's golden export."""
     folder = GOLDEN / PREFIX / day
-    return {f"{PREFIX}{day}/{p.relative_to(folder).as_posix()}": p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    return {f"{PREFIX}{day}/{p.relative_to(folder).as_posix()}": p.read_bytes()
+            for p in folder.rglob("*") if p.is_file()}
 
 
 def upload_golden(bucket: str, day: str = DAY, prefix: str = PREFIX) -> dict:

@@ -84,7 +84,8 @@ def test_lambda_listed_object_missing_names_its_key(lf, golden, s3_bucket):
         (b"\xef\xbb\xbf" + BOOKING_HEADER + b"1,2,1.00\n", None),  # a BOM is fine
     ],
     ids=["missing-column", "repeated-column", "three-decimals", "empty-passengers", "text-passengers", "text-id",
-         "short-row", "only-short-rows", "unquoted-comma-shifts-fields", "zero-passengers", "negative-passengers", "huge-passengers", "not-utf8",
+         "short-row", "only-short-rows", "unquoted-comma-shifts-fields", "zero-passengers", "negative-passengers",
+         "huge-passengers", "not-utf8",
          "empty-object", "bom"],
 )
 def test_lambda_bad_booking_content_names_the_object(lf, golden, s3_bucket, data, problem):
@@ -153,8 +154,8 @@ def test_lambda_row_count_other_than_listed_is_reported(lf, golden, s3_bucket):
         (lambda m: m["objects"][0].update(bytes=True), "no valid table, rows, bytes or sha256"),
         (lambda m: m["objects"][0].pop("table"), "no valid table, rows, bytes or sha256"),
         (lambda m: m["objects"].append("a key"), "lists 'a key'"),
-        (lambda m: m["tables"]["booking"].update(rows=1), "manifest lists 1 booking rows, objects hold 13"),
-        (lambda m: m["tables"]["booking"].pop("rows"), "manifest lists None booking rows, objects hold 13"),
+        (lambda m: m["tables"]["booking"].update(rows=1), "manifest counts 1 booking rows, objects 13"),
+        (lambda m: m["tables"]["booking"].pop("rows"), "manifest counts None booking rows, objects 13"),
         (lambda m: m.update(tables=["booking"]), "(and a tables object)"),
     ],
 )
