@@ -134,6 +134,7 @@ def read_source(path: Path, table: str, encoding: str = "utf-8") -> pd.DataFrame
         frame.index = pd.RangeIndex(len(frame))
         frame = frame.astype({name: TEXT_DTYPE for name in frame.columns[:-2]} | {"field_count": "Int64"})
     frame.insert(0, "source_row", numbers)
+    frame.attrs["header_fields"] = len(names)  # the index column pandas writes included
     return frame
 
 
@@ -283,7 +284,7 @@ def reject_wrong_field_count(table: Table) -> None:
     whole (read_source keeps its text): a short row must not be filled in with made-up values."""
     if "field_count" in table.raw:
         counts = table.raw["field_count"]
-        fields = len([c for c in table.raw.columns if c not in ("source_row", "raw_record", "field_count")])
+        fields = table.raw.attrs["header_fields"]
         table.reject(counts.notna(), f"wrong_field_count: {{}} fields, the header has {fields}", counts)
 
 
@@ -382,7 +383,7 @@ def as_mask(values: pa.Array, index: pd.Index) -> pd.Series:
 def parse_key(table: Table, column: str) -> pd.Series:
     """Rules invalid_id / id_out_of_range: ids are whole numbers that fit a BIGINT."""
     numbers, malformed, too_big = parse_whole_numbers(table.clean[column], BIGINT_MAX)
-    shown = quoted(table.clean[column])
+    shown = quoted(table.raw[column])
     table.reject(malformed, f"invalid_id: {column} {{}} is not a whole number", shown)
     table.reject(too_big, f"id_out_of_range: {column} {{}} is too large", shown)
     return numbers
@@ -399,7 +400,7 @@ def reject_duplicates(table: Table, column: str, values: pd.Series, code: str) -
     table.reject(
         repeated.reindex(table.raw.index, fill_value=False),
         f"{code}: {column} {{}} already at row {{}}",
-        quoted(candidates.astype(str).reindex(table.raw.index)),
+        quoted(table.raw[column]),
         first_row.reindex(table.raw.index).astype("Int64"),
     )
 
@@ -422,8 +423,15 @@ def cleanse_customers(raw: pd.DataFrame) -> Table:
 
 
 def normalise_emails(emails: pd.Series) -> pd.Series:
-    """Rule lower_case_email: e-mail addresses compare case-insensitively, so store them lower-case."""
-    return emails.str.lower()
+    """Rule lower_case_email: e-mail addresses compare case-insensitively, so store them
+    lower-case, as Python's str.lower() does ('İ' becomes 'i' + a combining dot: the full
+    Unicode mapping, which pyarrow's one-to-one mapping is not)."""
+    text = as_text(emails)
+    lower = pd.Series(pc.utf8_lower(text), index=emails.index, dtype=TEXT_DTYPE).mask(emails.isna())
+    beyond_ascii = ~pc.string_is_ascii(text).to_numpy(zero_copy_only=False)
+    if beyond_ascii.any():
+        lower[beyond_ascii] = [value.lower() for value in emails[beyond_ascii]]
+    return lower
 
 
 # Python's \s (Unicode white space, as str.isspace) spelled for RE2, pyarrow's regex engine.
@@ -435,7 +443,7 @@ def reject_malformed_emails(table: Table) -> None:
     """Rule invalid_email: one '@' with text on both sides and a dot in the domain, no spaces."""
     emails = table.clean["email"]
     good = pc.match_substring_regex(as_text(emails), EMAIL_SHAPE).to_numpy(zero_copy_only=False)
-    table.reject(emails.notna() & ~pd.Series(good, index=emails.index), "invalid_email: {}", quoted(emails))
+    table.reject(emails.notna() & ~pd.Series(good, index=emails.index), "invalid_email: {}", quoted(table.raw["email"]))
 
 
 # ---------------------------------------------------------------------------------------
@@ -680,7 +688,7 @@ def reject_unknown_customers(table: Table, known_ids: Iterable[int]) -> None:
     present = ids.notna()
     found = pd.Series(False, index=ids.index)
     found[present] = np.isin(ids[present].astype("int64").to_numpy(), known)
-    table.reject(present & ~found, "unknown_customer: customer_id {} is not loaded", ids)
+    table.reject(present & ~found, "unknown_customer: customer_id {} is not loaded", quoted(table.raw["customer_id"]))
 
 
 def impute_costs(table: Table) -> int | None:
@@ -1069,7 +1077,7 @@ def reject_emails_in_use(cur, table: Table) -> None:
         if not holders:
             return
         holder = table.clean["customer_id"].map(holders).astype("Int64")
-        table.reject(holder.notna(), "email_in_use: {} belongs to customer_id {}", quoted(table.clean["email"]), holder)
+        table.reject(holder.notna(), "email_in_use: {} belongs to customer_id {}", quoted(table.raw["email"]), holder)
         cur.execute("DELETE FROM stage_customer WHERE customer_id = ANY(%s)", (list(holders),))
 
 

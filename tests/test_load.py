@@ -172,7 +172,7 @@ def test_load_email_in_use_by_stored_customer_is_rejected(schema_db, tmp_path):
     assert stage.main(["--data-dir", str(folder), "--max-reject-rate", "0.5", "--rejects-dir", str(tmp_path / "r")]) == 0
 
     rejected = read_rejects(tmp_path / "r" / "customer_rejects.csv")
-    assert [r["reject_reason"] for r in rejected] == ["email_in_use: 'a@example.com' belongs to customer_id 1"]
+    assert [r["reject_reason"] for r in rejected] == ["email_in_use: 'A@example.com' belongs to customer_id 1"]
     assert query(schema_db, "SELECT customer_id FROM customer ORDER BY 1") == [(1,), (3,)]
 
 
