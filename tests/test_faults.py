@@ -36,6 +36,7 @@ import shutil
 import signal
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg2
@@ -351,22 +352,30 @@ def test_faults_postgres_restart_between_stages(private_server, private_db, s3_b
     assert {t: v["rows"] for t, v in read_manifest(s3_bucket, DAY)["tables"].items()} == SAMPLE_COUNTS
 
 
-def test_faults_postgres_restart_during_a_load(private_server, private_db, tmp_path):
-    """The server restarts (fast shutdown) while a load is inside its transaction, waiting
-    for the lock: the load fails with one line, nothing is half-written, the rerun loads."""
-    holder = psycopg2.connect(private_db)
-    observer = Observer(private_db)
+@contextmanager
+def loader_waiting_for_the_lock(url: str, tmp_path):
+    """A loader process started while the test holds the load lock, once it waits for it:
+    (the process, an Observer of its database). The lock is let go on leaving."""
+    holder = psycopg2.connect(url)
+    observer = Observer(url)
     try:
         with holder.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (load_stage.LOAD_LOCK_KEY,))
-        loader = start_stage(LOADER, ["--data-dir", str(SAMPLE_DIR)], stage_env(private_db), tmp_path)
+        loader = start_stage(LOADER, ["--data-dir", str(SAMPLE_DIR)], stage_env(url), tmp_path)
         wait_until(lambda: observer.waiting_on_advisory(load_stage.LOAD_LOCK_KEY), "the loader to wait", timeout=60)
-        observer.close()
-        private_server.restart()
-        _, stderr = loader.communicate(timeout=60)
+        yield loader, observer
     finally:
         holder.close()
         observer.close()
+
+
+def test_faults_postgres_restart_during_a_load(private_server, private_db, tmp_path):
+    """The server restarts (fast shutdown) while a load is inside its transaction, waiting
+    for the lock: the load fails with one line, nothing is half-written, the rerun loads."""
+    with loader_waiting_for_the_lock(private_db, tmp_path) as (loader, observer):
+        observer.close()
+        private_server.restart()
+        _, stderr = loader.communicate(timeout=60)
 
     assert loader.returncode == 1
     lines = stderr.strip().splitlines()
@@ -381,19 +390,10 @@ def test_faults_postgres_restart_during_a_load(private_server, private_db, tmp_p
 def test_faults_load_waiting_for_the_lock_stops_on_ctrl_c(schema_db, tmp_path):
     """The loader waits for the load lock in its database thread, inside libpq, where no
     signal is seen: Ctrl-C cancels that wait instead of hanging until the other load ends."""
-    holder = psycopg2.connect(schema_db)
-    observer = Observer(schema_db)
-    try:
-        with holder.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (load_stage.LOAD_LOCK_KEY,))
-        loader = start_stage(LOADER, ["--data-dir", str(SAMPLE_DIR)], stage_env(schema_db), tmp_path)
-        wait_until(lambda: observer.waiting_on_advisory(load_stage.LOAD_LOCK_KEY), "the loader to wait", timeout=60)
+    with loader_waiting_for_the_lock(schema_db, tmp_path) as (loader, observer):
         loader.send_signal(signal.SIGINT)
         _, stderr = loader.communicate(timeout=30)  # the lock is still held by the test
         wait_until(lambda: not observer.backends(), "the loader's session to end")
-    finally:
-        holder.close()
-        observer.close()
 
     assert loader.returncode == 130
     assert stderr.strip().splitlines() == ["transform_load_csv_data: error: interrupted"]
