@@ -602,7 +602,7 @@ def parse_passengers(table: Table) -> tuple[pd.Series, pd.Series]:
     """
     text = table.clean["number_of_passengers"]
     missing = text.isna()
-    negative = text.fillna("").str.fullmatch(r"-[0-9]+(?:\.0*)?")
+    negative = text.fillna("").str.fullmatch(r"-[0-9]+(?:\.0+)?")  # minus a whole number
     numbers, malformed, too_big = parse_whole_numbers(text.mask(negative), INT_MAX)
     shown = quoted(table.raw["number_of_passengers"])
     table.reject(negative | (numbers == 0), "not_positive: number_of_passengers {} must be at least 1", shown)

@@ -271,10 +271,10 @@ def parse_date(value: str) -> tuple[str, str | None]:
 def parse_passengers(value: str) -> tuple[str, int | None]:
     """Rule 7, passengers (present): ('ok', n) or a reason code, in README order.
 
-    ASSUMPTION: 'a minus sign followed by digits' is literal: '-2' and '-0' are not_positive,
-    '-2.0' and '-2.5' are invalid_number.
+    A minus sign followed by a whole number of the id grammar ('-2', '-2.0', '-0') is
+    not_positive; '-2.5' is invalid_number.
     """
-    if re.fullmatch(r"-[0-9]+", value):
+    if value.startswith("-") and ID_SHAPE.fullmatch(value[1:]):
         return "not_positive", None
     if ID_SHAPE.fullmatch(value) and int(value.split(".")[0]) == 0:
         return "not_positive", None
