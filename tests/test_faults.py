@@ -1,6 +1,6 @@
 """The fault matrix (issue 7): each stage under a real fault, on real services, bounded in time.
 
-Where each fault is tested (test_download.py, test_export.py and test_lambda.py already
+Where each fault is tested (test_download.py, test_export.py and tests/lambda/ already
 had some; they are referenced, not repeated):
 
 - loader SIGKILLed in the middle of COPY: test_faults_load_killed_mid_copy_changes_nothing
@@ -23,8 +23,9 @@ had some; they are referenced, not repeated):
   what was committed while it waited: test_faults_export_snapshot_starts_once_the_lock_is_held;
   Ctrl-C while it waits: test_faults_export_waiting_for_the_lock_stops_on_ctrl_c; the lock's
   session lost mid-run: test_faults_export_that_lost_its_lock_publishes_nothing
-- Lambda, a listed object missing or altered: test_lambda.py::test_lambda_listed_object_missing_names_its_key
-  and test_lambda.py::test_lambda_corrupted_object_names_its_key
+- Lambda, a listed object missing or altered: lambda/test_lambda_failures.py::
+  test_lambda_listed_object_missing_names_its_key
+  and lambda/test_lambda_failures.py::test_lambda_corrupted_object_names_its_key
 
 Waits are on real conditions (pg_stat_progress_copy, pg_locks, process exit) with
 deadlines; no test sleeps to synchronise.
