@@ -31,9 +31,11 @@ MALFORMED = ["1e5", "1E2", "+5.00", "-1.00", "10.500", "10.5", " 10.00", "10.00 
              "", "1,000.00", "10,00", "١٠.٠٠", "１０.００", "NaN", "inf", "0x10", ".50", "10.", "10",
              "1_000.00",
              "$10.00", "10.00e0", "10.00\n10.00", "10.0\x00", "1" * 3_000_000 + ".00"]
-# pandas before 3.1 ends a value at a NUL byte ('10.0\x00' reads as '10.0'): still refused,
-# but the value shown differs by pandas version, so that case is checked on to_cents alone.
+# pandas before 3.1 ends a value at a NUL byte ('10.00\x00x' would read as '10.00'): an object
+# holding a NUL is refused as a whole, before pandas sees it, on every layer.
 IN_FILES = [value for value in MALFORMED if "\x00" not in value]
+WITH_NUL = ["10.00\x00", "1.00\x00garbage", "10.0\x00"]
+NUL_VERDICT = "object {key} holds a NUL byte: the export is corrupt"
 LARGE = ["1e5", "1E2", "+5.00", "-1.00", "10.500", "10.5", " 10.00", "12345678901234567.00"]
 LARGE_ROWS = 120_000  # the bad value comes after it: in the second chunk of 100,000 rows
 MESSAGE = ("object {key} data row {row}: total_booking_value {value!r} is not money as the export writes it "
@@ -160,17 +162,20 @@ def cases(s3_bucket, monkeypatch):
     monkeypatch.setenv("S3_PREFIX", PREFIX)
     cases, number = {}, 0
 
-    def add(data: bytes, row: int | None, value: str | None) -> None:
+    def add(data: bytes, row: int | None, value: str | None, message: str | None = None) -> None:
         nonlocal number
         number += 1
         day = f"2030-01-{number:02d}" if number <= 28 else f"2030-02-{number - 28:02d}"
         key = put_case(s3_bucket, day, data)
-        cases[day] = (key, None if value is None else verdict(key, row, value))
+        cases[day] = (key, message.format(key=key) if message else None if value is None else verdict(key, row, value))
 
     for value in IN_FILES:
         add(booking_csv(["1.00", value, "2.00"]), 2, value)
     for value in LARGE:
         add(booking_csv([value, "5.00"], filler=LARGE_ROWS), LARGE_ROWS + 1, value)
+    for value in WITH_NUL:
+        add(booking_csv(["1.00", value, "2.00"]), 2, value, NUL_VERDICT)
+        add(booking_csv([value, "5.00"], filler=LARGE_ROWS), LARGE_ROWS + 1, value, NUL_VERDICT)
     add(booking_csv([v for v, _ in VALID]), None, None)
     add(booking_csv([v for v, _ in VALID], filler=250_000), None, None)
     return cases
