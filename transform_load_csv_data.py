@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -154,7 +153,7 @@ def read_records(path: Path, fields: int, encoding: str) -> tuple[pa.Table, list
     while True:
         malformed: list[tuple[int | None, int, str]] = []
 
-        def keep_malformed(row) -> str:
+        def keep_malformed(row, malformed=malformed) -> str:
             # pyarrow numbers records from 1 with the header as the first; empty lines are not counted.
             malformed.append((None if row.number is None else row.number - 1, row.actual_columns, row.text))
             return "skip"
@@ -563,7 +562,7 @@ def date_parts(text: pa.Array) -> tuple[dict[str, pd.Series], pd.Series]:
         if not hit.any():
             continue
         found = found.filter(pa.array(hit))
-        for name in (field.name for field in found.type):
+        for name in (part.name for part in found.type):
             values = pc.struct_field(found, name).to_pandas()
             if name == "month" and not values.str.isdigit().all():
                 numbers = values.str.lower().map(MONTHS)

@@ -20,18 +20,16 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
 import io
 import json
 import os
 import re
 import shutil
-import sys
 import zipfile
 
 import boto3
 import pytest
-from conftest import REPO, query
+from conftest import REPO, lambda_module, query
 
 import batch_transfer_data_to_cloud_storage as stage4
 
@@ -168,14 +166,6 @@ def test_contract_golden_export_is_complete_and_consistent():
 
 # ---------------------------------------------------------------------------------------
 # S3_PREFIX: one normalisation in stage 4 and the Lambda
-
-
-def lambda_module():
-    spec = importlib.util.spec_from_file_location("waddle_lambda_contract", REPO / "lambda" / "lambda_function.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
 
 
 PREFIXES = [  # S3_PREFIX as written -> the folder both stages use

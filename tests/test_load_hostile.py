@@ -5,19 +5,17 @@ rows and the rejects file."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import re
-import sys
 import unicodedata
 from decimal import Decimal
 
 import boto3
 import pandas as pd
 import pytest
+from conftest import REPO, lambda_module, query
 
 import batch_transfer_data_to_cloud_storage as export_stage
 import transform_load_csv_data as stage
-from conftest import REPO, query
 
 CUSTOMERS = "customer_id,first_name,last_name,email,phone\n" + "".join(
     f"{i},First{i},Last{i},c{i}@example.com,555-{i:04d}\n" for i in range(1, 11)
@@ -163,14 +161,6 @@ def test_load_total_value_limit_is_exact(schema_db, tmp_path):
     assert Decimal(stored[4][2]) == 1000001 * Decimal("9999989999.99") <= Decimal(LIMIT)
 
 
-def lambda_module():
-    spec = importlib.util.spec_from_file_location("waddle_lambda_limit", REPO / "lambda" / "lambda_function.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_load_limit_agrees_with_travel_sql_and_the_lambda():
     sql_limit = re.search(r"total_booking_value <= ([0-9.]+)", (REPO / "travel.sql").read_text()).group(1)
 
@@ -253,8 +243,8 @@ def test_load_rejects_dir_that_is_a_file_is_refused_first(schema_db, tmp_path, c
     assert load(write(tmp_path / "data"), tmp_path / "a-file") == 2
 
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"transform_load_csv_data: error: REJECTS_DIR {tmp_path / 'a-file'} is a file, not a folder; "
-                   "set REJECTS_DIR or --rejects-dir to a folder"]
+    assert err == [(f"transform_load_csv_data: error: REJECTS_DIR {tmp_path / 'a-file'} is a file, not a folder; "
+                    "set REJECTS_DIR or --rejects-dir to a folder")]
     assert query(schema_db, "SELECT count(*) FROM load_run") == [(0,)]
 
 
