@@ -50,6 +50,7 @@ from conftest import SAMPLE_DIR, apply_schema, new_database, query, with_databas
 from faults_helpers import (
     EXPORT_LOCK_APPLICATION,
     INTERNAL_ERROR,
+    LOADER_APPLICATION,
     SLOW_DOWN,
     BrokenBody,
     FaultyStore,
@@ -354,26 +355,33 @@ def test_faults_postgres_restart_between_stages(private_server, private_db, s3_b
 
 
 @contextmanager
-def loader_waiting_for_the_lock(url: str, tmp_path):
-    """A loader process started while the test holds the load lock, once it waits for it:
-    (the process, an Observer of its database). The lock is let go on leaving."""
+def waiting_for_the_lock(url: str, key: int, script: str, args: list[str], application: str, tmp_path):
+    """`script` started while the test holds the advisory lock `key`, once it waits for it:
+    (the process, an Observer of the database, the holder's connection, to unlock early).
+    The lock is let go on leaving."""
     holder = psycopg2.connect(url)
+    holder.autocommit = True
     observer = Observer(url)
     try:
         with holder.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (load_stage.LOAD_LOCK_KEY,))
-        loader = start_stage(LOADER, ["--data-dir", str(SAMPLE_DIR)], stage_env(url), tmp_path)
-        wait_until(lambda: observer.waiting_on_advisory(load_stage.LOAD_LOCK_KEY), "the loader to wait", timeout=60)
-        yield loader, observer
+            cur.execute("SELECT pg_advisory_lock(%s)", (key,))
+        process = start_stage(script, args, stage_env(url), tmp_path)
+        wait_until(lambda: observer.waiting_on_advisory(key, application), f"{script} to wait", timeout=60)
+        yield process, observer, holder
     finally:
         holder.close()
         observer.close()
 
 
+def loader_waiting_for_the_lock(url: str, tmp_path):
+    return waiting_for_the_lock(url, load_stage.LOAD_LOCK_KEY, LOADER, ["--data-dir", str(SAMPLE_DIR)],
+                                LOADER_APPLICATION, tmp_path)
+
+
 def test_faults_postgres_restart_during_a_load(private_server, private_db, tmp_path):
     """The server restarts (fast shutdown) while a load is inside its transaction, waiting
     for the lock: the load fails with one line, nothing is half-written, the rerun loads."""
-    with loader_waiting_for_the_lock(private_db, tmp_path) as (loader, observer):
+    with loader_waiting_for_the_lock(private_db, tmp_path) as (loader, observer, _):
         observer.close()
         private_server.restart()
         _, stderr = loader.communicate(timeout=60)
@@ -391,7 +399,7 @@ def test_faults_postgres_restart_during_a_load(private_server, private_db, tmp_p
 def test_faults_load_waiting_for_the_lock_stops_on_ctrl_c(schema_db, tmp_path):
     """The loader waits for the load lock in its database thread, inside libpq, where no
     signal is seen: Ctrl-C cancels that wait instead of hanging until the other load ends."""
-    with loader_waiting_for_the_lock(schema_db, tmp_path) as (loader, observer):
+    with loader_waiting_for_the_lock(schema_db, tmp_path) as (loader, observer, _):
         loader.send_signal(signal.SIGINT)
         _, stderr = loader.communicate(timeout=30)  # the lock is still held by the test
         wait_until(lambda: not observer.backends(), "the loader's session to end")
@@ -613,24 +621,14 @@ def test_faults_export_snapshot_starts_once_the_lock_is_held(schema_db, s3_bucke
     committed while it waits is in what it then exports."""
     loaded_sample(schema_db)
     key = export_stage.export_lock_key(s3_bucket, "", DAY)
-    holder = psycopg2.connect(schema_db)
-    holder.autocommit = True
-    observer = Observer(schema_db)
-    try:
-        with holder.cursor() as cur:
-            cur.execute("SELECT pg_advisory_lock(%s)", (key,))
-        exporter = start_stage(EXPORTER, ["--date", DAY, "--verbose"], stage_env(schema_db), tmp_path)
-        wait_until(lambda: observer.waiting_on_advisory(key, EXPORT_LOCK_APPLICATION), "the export to wait",
-                   timeout=60)
+    with waiting_for_the_lock(schema_db, key, EXPORTER, ["--date", DAY, "--verbose"], EXPORT_LOCK_APPLICATION,
+                              tmp_path) as (exporter, _, holder):
         query(schema_db, "UPDATE destination SET destination = 'Renamed while waiting' WHERE destination_id = "
                          "(SELECT min(destination_id) FROM destination)")
         assert read_manifest(s3_bucket, DAY) is None
         with holder.cursor() as cur:
             cur.execute("SELECT pg_advisory_unlock(%s)", (key,))
         _, stderr = exporter.communicate(timeout=120)
-    finally:
-        holder.close()
-        observer.close()
 
     assert exporter.returncode == 0, stderr
     assert "is running; waiting for it to finish" in stderr
@@ -642,21 +640,11 @@ def test_faults_export_waiting_for_the_lock_stops_on_ctrl_c(schema_db, s3_bucket
     """libpq's wait for a lock does not see signals: without care, Ctrl-C would be ignored
     until the other export finished."""
     key = export_stage.export_lock_key(s3_bucket, "", DAY)
-    holder = psycopg2.connect(schema_db)
-    holder.autocommit = True
-    observer = Observer(schema_db)
-    try:
-        with holder.cursor() as cur:
-            cur.execute("SELECT pg_advisory_lock(%s)", (key,))
-        exporter = start_stage(EXPORTER, ["--date", DAY], stage_env(schema_db), tmp_path)
-        wait_until(lambda: observer.waiting_on_advisory(key, EXPORT_LOCK_APPLICATION), "the export to wait",
-                   timeout=60)
+    with waiting_for_the_lock(schema_db, key, EXPORTER, ["--date", DAY], EXPORT_LOCK_APPLICATION,
+                              tmp_path) as (exporter, observer, _):
         exporter.send_signal(signal.SIGINT)
         _, stderr = exporter.communicate(timeout=30)  # the lock is still held by the test
         wait_until(lambda: not observer.backends(EXPORT_LOCK_APPLICATION), "the export's session to end")
-    finally:
-        holder.close()
-        observer.close()
 
     assert exporter.returncode == 130
     assert stderr.strip().splitlines() == ["batch_transfer_data_to_cloud_storage: error: interrupted"]
