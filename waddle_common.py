@@ -40,19 +40,67 @@ EXIT_USAGE = 2
 
 TABLES = ("customer", "destination", "booking")
 
-# Columns each source file must have (after header normalisation); others are ignored.
-REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
-    "customer": ("customer_id", "first_name", "last_name", "email", "phone"),
-    "destination": ("destination_id", "destination", "country", "popular_season"),
-    "booking": (
-        "booking_id",
-        "customer_id",
-        "booking_date",
-        "destination",
-        "number_of_passengers",
-        "cost_per_passenger",
+@dataclass(frozen=True)
+class Column:
+    """A stored column: its name and its PostgreSQL type exactly as travel.sql declares it."""
+
+    name: str
+    sql_type: str
+    nullable: bool = False
+
+
+@dataclass(frozen=True)
+class TableDeclaration:
+    """One table of travel.sql: its columns in order, its key, and what its source file holds."""
+
+    name: str
+    key: str
+    columns: tuple[Column, ...]
+    # Columns the source CSV must have, and those a row cannot do without (rule missing_field, in order).
+    source_columns: tuple[str, ...]
+    required: tuple[str, ...]
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+
+# The one declaration of the three tables (travel.sql is the DDL; tests/test_schema.py checks
+# that the two agree). Stages 3 and 4, the tests and the benchmark derive theirs from it; the
+# Lambda, deployed alone, keeps a copy that a test compares with it.
+SCHEMA: dict[str, TableDeclaration] = {
+    "destination": TableDeclaration(
+        "destination", "destination_id",
+        (Column("destination_id", "BIGINT"), Column("destination", "TEXT"), Column("country", "TEXT"),
+         Column("popular_season", "TEXT")),
+        source_columns=("destination_id", "destination", "country", "popular_season"),
+        required=("destination_id", "destination", "country", "popular_season"),
+    ),
+    "customer": TableDeclaration(
+        "customer", "customer_id",
+        (Column("customer_id", "BIGINT"), Column("first_name", "TEXT"), Column("last_name", "TEXT"),
+         Column("email", "TEXT"), Column("phone", "TEXT", nullable=True)),
+        source_columns=("customer_id", "first_name", "last_name", "email", "phone"),
+        required=("customer_id", "first_name", "last_name", "email"),
+    ),
+    "booking": TableDeclaration(
+        "booking", "booking_id",
+        (Column("booking_id", "BIGINT"), Column("customer_id", "BIGINT"), Column("destination_id", "BIGINT"),
+         Column("booking_date", "DATE"), Column("number_of_passengers", "INTEGER"),
+         Column("cost_per_passenger", "NUMERIC(12, 2)"), Column("total_booking_value", "NUMERIC(22, 2)"),
+         Column("passengers_imputed", "BOOLEAN"), Column("cost_imputed", "BOOLEAN")),
+        # The destination by NAME: the load maps it to destination_id.
+        source_columns=("booking_id", "customer_id", "booking_date", "destination", "number_of_passengers",
+                        "cost_per_passenger"),
+        required=("booking_id", "customer_id", "booking_date", "destination"),
     ),
 }
+LOAD_ORDER = ("destination", "customer", "booking")  # parents first, for foreign keys
+# Columns each source file must have (after header normalisation); others are ignored.
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {t: SCHEMA[t].source_columns for t in TABLES}
 
 DEFAULT_SOURCE_BASE = "https://raw.githubusercontent.com/roshna-k-abdulsalam/travel-booking-dataset/main/"
 
@@ -156,6 +204,10 @@ class Settings:
     export_batch_size: int
     export_compression: str
     export_compression_level: int
+    # csv (zip or gzip CSV, per EXPORT_COMPRESSION) or parquet; the export checks the value.
+    export_format: str
+    # Rows stage 3 cleanses and sends to PostgreSQL at a time: memory follows it, outcomes never do.
+    load_chunk_rows: int
     s3_sse: str
     s3_kms_key_id: str
     # Seconds libpq waits for the database to answer (PGCONNECT_TIMEOUT).
@@ -195,6 +247,9 @@ class Settings:
             export_compression=env.get("EXPORT_COMPRESSION", "").strip().lower() or "zip",
             export_compression_level=_env_number(env, "EXPORT_COMPRESSION_LEVEL", 6, int,
                                                  "a whole number from 0 to 9", lambda v: 0 <= v <= 9),
+            export_format=env.get("EXPORT_FORMAT", "").strip().lower() or "csv",
+            load_chunk_rows=_env_number(env, "LOAD_CHUNK_ROWS", 100_000, int,
+                                        "a whole number from 1 to 10000000", lambda v: 1 <= v <= 10_000_000),
             s3_sse=env.get("S3_SSE", "").strip() or "AES256",
             s3_kms_key_id=env.get("S3_KMS_KEY_ID", "").strip(),
             # libpq reads 0 (or less) as "wait for ever": a batch job should fail, not hang.
