@@ -1,4 +1,4 @@
-"""Stage 4: export customer, destination and booking from PostgreSQL to S3 as compressed CSV batches.
+"""Stage 4: export customer, destination and booking from PostgreSQL to S3 as CSV or Parquet batches.
 
 Reads the three tables in one read-only REPEATABLE READ transaction (one consistent
 snapshot, even while a load runs), streams each with COPY and cuts it into batches of
@@ -15,6 +15,11 @@ and total_booking_value, so a reader needs no database. Batches are compressed a
 uploaded in parallel (--workers) with a bounded queue: memory follows the batch size, not
 the table size. Every table has at least one object, header-only when the table is empty.
 
+With EXPORT_FORMAT=parquet (--format parquet) each batch is instead one Parquet file of one
+row group (<...>_batch_0001.parquet), snappy-compressed and typed as travel.sql declares the
+column: BIGINT int64, INTEGER int32, DATE date32, NUMERIC(p, 2) decimal128(p, 2) (exact),
+BOOLEAN bool, TEXT string. Columns and types come from waddle_common.SCHEMA.
+
 Last comes $S3_PREFIX<date>/_manifest.json, one PUT naming the run and listing its objects
 with their table, row count, size and SHA-256 (the contract is build_manifest() below). It
 is the one commit point: a day's export exists for readers only once its manifest does,
@@ -25,6 +30,11 @@ less than KEEP_REPLACED_SECONDS ago (the Lambda's longest timeout and a margin),
 reader that fetched an older manifest can finish; other run folders (failed runs
 included) and objects of the layout before runs (<date>/<table>/...) are deleted. A failed
 run publishes nothing and leaves the previous export as it was.
+
+After the manifest, for engines (Athena, Trino, Spark through SymlinkTextInputFormat), a
+Parquet export writes $S3_PREFIX<date>/_symlink/<table>/symlink.txt, listing the run's
+objects of the table (s3://bucket/key, one a line), destination, customer then booking; a
+CSV export removes them. See update_symlinks() for what a reader may see meanwhile.
 
 Exports of one bucket, prefix and day are serialised by a PostgreSQL advisory lock, taken
 on its own connection before the snapshot is opened and held until the manifest is
@@ -48,6 +58,7 @@ it itself).
 Example:
     python batch_transfer_data_to_cloud_storage.py
     python batch_transfer_data_to_cloud_storage.py --date 2024-05-01 --compression gzip --batch-size 10000
+    python batch_transfer_data_to_cloud_storage.py --format parquet
 """
 
 from __future__ import annotations
@@ -81,6 +92,16 @@ TOOL_NAME = "data-waddle"
 # compression -> (key suffix, Content-Type). No Content-Encoding on gzip objects: HTTP
 # clients would then unpack them on the fly and the bytes would no longer match sha256.
 COMPRESSIONS = {"zip": (".csv.zip", "application/zip"), "gzip": (".csv.gz", "application/gzip")}
+FORMATS = ("csv", "parquet")
+# A Parquet batch: one file, one row group, compressed with snappy (not zstd, which is 10-15%
+# smaller: the AWS SDK for pandas Lambda layers build Arrow with ARROW_WITH_ZSTD=OFF, so the
+# Lambda could not read it; docs/performance-export.md has the measurements).
+PARQUET = (".parquet", "application/vnd.apache.parquet")
+PARQUET_CODEC = "snappy"
+# Hive symlink manifests for engines (Athena's SymlinkTextInputFormat): after the day's
+# manifest, <S3_PREFIX><day>/_symlink/<table>/symlink.txt lists the run's objects of <table>.
+SYMLINK_FOLDER = "_symlink"
+SYMLINK_NAME = "symlink.txt"
 SSE_MODES = {"aes256": "AES256", "aws:kms": "aws:kms"}
 DEFAULT_WORKERS = max(1, min(2, os.cpu_count() or 1))
 QUEUE_PER_WORKER = 2  # batches waiting or in progress per worker: bounds the memory
@@ -97,19 +118,27 @@ KEEP_REPLACED_SECONDS = 20 * 60
 # Classid-free bigint namespace of the export lock (the loader's key is 0x57414444).
 LOCK_NAMESPACE = "data-waddle export"
 
-# The columns of each exported table, in file order: the header line and the manifest.
-EXPORT_COLUMNS: dict[str, tuple[str, ...]] = {
-    "customer": ("customer_id", "first_name", "last_name", "email", "phone"),
-    "destination": ("destination_id", "destination", "country", "popular_season"),
-    "booking": (
-        "booking_id", "customer_id", "destination_id", "destination", "country", "booking_date",
-        "number_of_passengers", "cost_per_passenger", "total_booking_value", "passengers_imputed",
-        "cost_imputed",
-    ),
-}
-KEYS = {"customer": "customer_id", "destination": "destination_id", "booking": "booking_id"}
-# Booking columns that come from the joined destination row; the others from booking.
+# Booking columns that come from the joined destination row, after destination_id (so a
+# reader needs no database): the export's one rule of its own. Every other column, its type
+# and each table's key come from waddle_common.SCHEMA.
 BOOKING_FROM_DESTINATION = ("destination", "country")
+
+
+def export_declaration(table: str) -> tuple[common.Column, ...]:
+    """The exported columns of `table` in file order, as SCHEMA declares them; booking gains
+    the destination's name and country after destination_id."""
+    columns = common.SCHEMA[table].columns
+    if table != "booking":
+        return columns
+    at = [c.name for c in columns].index("destination_id") + 1
+    joined = tuple(common.SCHEMA["destination"].column(name) for name in BOOKING_FROM_DESTINATION)
+    return columns[:at] + joined + columns[at:]
+
+
+EXPORT_DECLARATION = {table: export_declaration(table) for table in common.TABLES}
+# The header line (CSV) or the schema's field names (Parquet), and the manifest's columns.
+EXPORT_COLUMNS: dict[str, tuple[str, ...]] = {t: tuple(c.name for c in cs) for t, cs in EXPORT_DECLARATION.items()}
+KEYS = {table: common.SCHEMA[table].key for table in common.TABLES}
 
 
 # ---------------------------------------------------------------------------------------
@@ -123,12 +152,18 @@ class ExportPlan:
     bucket: str
     prefix: str
     day: str
-    compression: str
+    compression: str  # of CSV objects (zip or gzip); Parquet objects are always PARQUET_CODEC
     compression_level: int
     batch_size: int
     workers: int
     sse: str
     kms_key_id: str
+    format: str = "csv"
+
+    @property
+    def kind(self) -> str:
+        """What each object is: "zip" or "gzip" (CSV), or "parquet"."""
+        return "parquet" if self.format == "parquet" else self.compression
 
     @property
     def day_prefix(self) -> str:
@@ -169,6 +204,12 @@ def make_plan(settings: common.Settings, args: argparse.Namespace, today: date |
     compression = (args.compression or settings.export_compression).lower()
     if compression not in COMPRESSIONS:
         raise common.ConfigError(f"EXPORT_COMPRESSION must be zip or gzip, got {compression!r}")
+    export_format = (getattr(args, "format", None) or settings.export_format).lower()
+    if export_format not in FORMATS:
+        raise common.ConfigError(f"EXPORT_FORMAT must be csv or parquet, got {export_format!r}")
+    if export_format == "parquet" and args.compression:
+        raise common.ConfigError(f"--compression applies to CSV exports; Parquet objects are always compressed "
+                                 f"with {PARQUET_CODEC}: drop --compression or use --format csv")
     level = settings.export_compression_level
     if not 0 <= level <= 9:
         raise common.ConfigError(f"EXPORT_COMPRESSION_LEVEL must be 0 to 9, got {level}")
@@ -186,6 +227,7 @@ def make_plan(settings: common.Settings, args: argparse.Namespace, today: date |
         workers=args.workers or DEFAULT_WORKERS,
         sse=check_sse(settings.s3_sse, settings.s3_kms_key_id),
         kms_key_id=settings.s3_kms_key_id,
+        format=export_format,
     )
 
 
@@ -213,10 +255,21 @@ def member_name(table: str, day: str, number: int) -> str:
     return f"{table}_{day}_batch_{number:04d}.csv"
 
 
-def batch_key(prefix: str, day: str, run_id: str, table: str, number: int, compression: str) -> str:
-    """exports/2024-05-01/<run>/booking/booking_2024-05-01_batch_0001.csv.zip (batches count from 1)."""
-    suffix = COMPRESSIONS[compression][0]
+def object_type(kind: str) -> tuple[str, str]:
+    """(key suffix, Content-Type) of an object of `kind`: zip, gzip or parquet."""
+    return PARQUET if kind == "parquet" else COMPRESSIONS[kind]
+
+
+def batch_key(prefix: str, day: str, run_id: str, table: str, number: int, kind: str) -> str:
+    """exports/2024-05-01/<run>/booking/booking_2024-05-01_batch_0001.csv.zip (.csv.gz, .parquet;
+    batches count from 1)."""
+    suffix = object_type(kind)[0]
     return f"{run_prefix(prefix, day, run_id)}{table}/{table}_{day}_batch_{number:04d}{suffix}"
+
+
+def symlink_key(prefix: str, day: str, table: str) -> str:
+    """exports/2024-05-01/_symlink/booking/symlink.txt: the table's objects for engines."""
+    return f"{day_prefix(prefix, day)}{SYMLINK_FOLDER}/{table}/{SYMLINK_NAME}"
 
 
 def export_lock_key(bucket: str, prefix: str, day: str) -> int:
@@ -346,6 +399,70 @@ def compress_batch(data: bytes, member: str, compression: str, level: int, day: 
 
 
 # ---------------------------------------------------------------------------------------
+# Parquet: the same batch, typed as the database has it
+
+SQL_TO_ARROW = {"BIGINT": "int64", "INTEGER": "int32", "DATE": "date32", "BOOLEAN": "bool_", "TEXT": "string"}
+SQL_NUMERIC = re.compile(r"NUMERIC\((\d+), *(\d+)\)")
+
+
+def arrow_type(sql_type: str):
+    """The Arrow type of a travel.sql type: BIGINT int64, INTEGER int32, DATE date32, BOOLEAN
+    bool, TEXT string, NUMERIC(p, s) decimal128(p, s) (exact: money never becomes a float)."""
+    import pyarrow as pa
+
+    if numeric := SQL_NUMERIC.fullmatch(sql_type):
+        return pa.decimal128(int(numeric.group(1)), int(numeric.group(2)))
+    if sql_type not in SQL_TO_ARROW:
+        raise ValueError(f"no Arrow type for the SQL type {sql_type!r}")
+    return getattr(pa, SQL_TO_ARROW[sql_type])()
+
+
+def arrow_schema(table: str):
+    """The Parquet schema of an exported table: SCHEMA's columns and types, in file order."""
+    import pyarrow as pa
+
+    return pa.schema([pa.field(c.name, arrow_type(c.sql_type), nullable=c.nullable)
+                      for c in EXPORT_DECLARATION[table]])
+
+
+def parquet_batch(data: bytes, table: str) -> bytes:
+    """One batch of COPY's CSV rows (no header) as a Parquet file of one row group.
+
+    COPY writes NULL as an empty unquoted field and an empty text as "", booleans t / f,
+    dates YYYY-MM-DD and NUMERIC as its exact decimal text; Arrow's CSV reader takes them so
+    (no other null spellings: a place called "NA" stays a name). Money is read as text and
+    cast to decimal128, which is exact (a value that does not fit fails; it is never rounded).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    schema = arrow_schema(table)
+    if not data:  # an empty table: one file with the schema and no rows
+        typed = schema.empty_table()
+    else:
+        text_first = {f.name: pa.string() if pa.types.is_decimal(f.type) else f.type for f in schema}
+        read = pa_csv.read_csv(
+            pa.py_buffer(data),
+            read_options=pa_csv.ReadOptions(column_names=schema.names),
+            parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=text_first, null_values=[""], strings_can_be_null=True,
+                quoted_strings_can_be_null=False, true_values=["t"], false_values=["f"],
+            ),
+        )
+        columns = [pc.cast(read[f.name], f.type) for f in schema]
+        for field, column in zip(schema, columns):
+            if not field.nullable and column.null_count:
+                raise common.PipelineError(f"{table}.{field.name}: PostgreSQL sent NULL in a NOT NULL column")
+        typed = pa.Table.from_arrays(columns, schema=schema)
+    out = pa.BufferOutputStream()
+    pq.write_table(typed, out, compression=PARQUET_CODEC, row_group_size=max(1, typed.num_rows))
+    return out.getvalue().to_pybytes()
+
+
+# ---------------------------------------------------------------------------------------
 # Manifest
 
 
@@ -375,7 +492,7 @@ def build_manifest(plan: ExportPlan, run_id: str, exported_at: datetime, objects
 
     {"format_version": 1, "date": "YYYY-MM-DD", "prefix": "<S3_PREFIX><date>/",
      "exported_at": "YYYY-MM-DDTHH:MM:SSZ", "run_id": "<run>", "tool": "data-waddle",
-     "tool_version": "...", "compression": "zip" | "gzip",
+     "tool_version": "...", "format": "csv" | "parquet", "compression": "zip" | "gzip" | "snappy",
      "tables": {"customer": {"columns": [...], "rows": N}, "destination": ..., "booking": ...},
      "objects": [{"key", "table", "rows", "bytes", "sha256"}, ...],
      "kept_runs": [{"run_id": "<run>" | null, "replaced_at": "YYYY-MM-DDTHH:MM:SSZ"}, ...]}
@@ -396,7 +513,8 @@ def build_manifest(plan: ExportPlan, run_id: str, exported_at: datetime, objects
         "run_id": run_id,
         "tool": TOOL_NAME,
         "tool_version": common.__version__,
-        "compression": plan.compression,
+        "format": plan.format,
+        "compression": PARQUET_CODEC if plan.format == "parquet" else plan.compression,
         "tables": {
             table: {
                 "columns": list(EXPORT_COLUMNS[table]),
@@ -684,10 +802,13 @@ class UploadPool:
 def upload_batch(storage: Storage, plan: ExportPlan, run_id: str, table: str, number: int, rows: int,
                  data: bytes) -> ExportedObject:
     """Compress one batch and store it (runs on a worker thread; zlib releases the GIL)."""
-    member = member_name(table, plan.day, number)
-    body = compress_batch(data, member, plan.compression, plan.compression_level, plan.day)
-    key = batch_key(plan.prefix, plan.day, run_id, table, number, plan.compression)
-    sha256 = storage.put(key, body, COMPRESSIONS[plan.compression][1])
+    if plan.format == "parquet":
+        body = parquet_batch(data, table)
+    else:
+        body = compress_batch(data, member_name(table, plan.day, number), plan.compression,
+                              plan.compression_level, plan.day)
+    key = batch_key(plan.prefix, plan.day, run_id, table, number, plan.kind)
+    sha256 = storage.put(key, body, object_type(plan.kind)[1])
     log.debug("stored %s: %d rows, %d bytes", key, rows, len(body))
     return ExportedObject(key=key, table=table, batch=number, rows=rows, bytes=len(body), sha256=sha256)
 
@@ -832,7 +953,8 @@ def copy_table(conn, table: str, plan: ExportPlan, submit: Callable[..., None]) 
             bar.update(rows)
             submit(table, number, rows, data)
 
-        writer = BatchWriter(csv_header(table), plan.batch_size, emit)
+        # Parquet batches are read by Arrow with the schema's names: no header line to parse.
+        writer = BatchWriter(csv_header(table) if plan.format == "csv" else b"", plan.batch_size, emit)
         try:
             with conn.cursor() as cur:
                 cur.copy_expert(export_query(table).as_string(cur), writer)
@@ -881,7 +1003,13 @@ def build_parser():
         help="rows per object (default: $EXPORT_BATCH_SIZE, 50000)",
     )
     parser.add_argument(
-        "--compression", choices=tuple(COMPRESSIONS), help="zip or gzip (default: $EXPORT_COMPRESSION, zip)"
+        "--format", choices=FORMATS,
+        help="csv (compressed as --compression says) or parquet (typed, for engines such as Athena; "
+             "default: $EXPORT_FORMAT, csv)",
+    )
+    parser.add_argument(
+        "--compression", choices=tuple(COMPRESSIONS),
+        help="zip or gzip, of CSV exports (default: $EXPORT_COMPRESSION, zip)",
     )
     parser.add_argument(
         "--workers", type=positive_int, metavar="N",
@@ -922,9 +1050,44 @@ def export(settings: common.Settings, args: argparse.Namespace) -> int:
             raise
         # The commit. Not undone if it fails: the store may have stored it all the same.
         storage.put(plan.manifest_key, body, "application/json", CacheControl="no-cache")
+        # Then the engines' view follows it (never leads it): the symlink files name this run.
+        try:
+            update_symlinks(storage, plan, objects)
+        except common.PipelineError as exc:
+            # A symlink file may still name an earlier run, which retention would not know to
+            # keep: nothing is deleted this time. The next run writes them all again.
+            raise common.PipelineError(
+                f"the export of {plan.day} is published (its manifest names run {run_id}), but the engines' "
+                f"symlink files were not updated: {exc}; engines still read an earlier run; run the export again"
+            ) from None
         remove_old_runs(storage, plan, {run_id} | {k.run_id for k in kept})
     print(format_summary(manifest, plan.bucket))
     return common.EXIT_OK
+
+
+def update_symlinks(storage: Storage, plan: ExportPlan, objects: Sequence[ExportedObject]) -> None:
+    """After the manifest: the day's Hive symlink files, one PUT per table, parents first.
+
+    Parquet: <day>/_symlink/<table>/symlink.txt lists this run's objects of the table, one
+    s3://bucket/key line each (the table's Athena partition reads exactly those). Each file
+    is one PUT, so a reader of one table sees the previous run or this one, whole. A query
+    joining tables while the three PUTs happen may combine two consecutive runs; writing
+    destination before booking means that mix has new destinations with older bookings,
+    whose destinations are all still there (the loader never deletes). CSV (which the
+    engines' Parquet tables cannot read): the day's symlink files are removed, so engines see
+    no rows for the day rather than an older run than the manifest's.
+    """
+    folder = f"{plan.day_prefix}{SYMLINK_FOLDER}/"
+    if plan.format != "parquet":
+        stale = storage.list_keys(folder)
+        if stale:
+            storage.delete(stale)
+        return
+    for table in common.LOAD_ORDER:
+        lines = "".join(f"s3://{plan.bucket}/{o.key}\n" for o in sorted(objects, key=lambda o: o.batch)
+                        if o.table == table)
+        storage.put(symlink_key(plan.prefix, plan.day, table), lines.encode("utf-8"), "text/plain; charset=utf-8",
+                    CacheControl="no-cache")
 
 
 def read_previous(storage: Storage, plan: ExportPlan) -> PreviousExport | None:

@@ -36,6 +36,12 @@ RUN = "20240501T063015.123Z-1a2b3c4d"
 # Helpers
 
 
+@pytest.fixture(autouse=True)
+def no_export_format(monkeypatch):
+    """conftest's list of cleared variables predates EXPORT_FORMAT: a shell's value must not leak in."""
+    monkeypatch.delenv("EXPORT_FORMAT", raising=False)
+
+
 @pytest.fixture
 def loaded_db(schema_db, sample_dir):
     """The sample dataset loaded by stage 3."""
@@ -392,6 +398,7 @@ def test_export_build_manifest_follows_the_contract():
         "run_id": RUN,
         "tool": "data-waddle",
         "tool_version": common.__version__,
+        "format": "csv",
         "compression": "zip",
         "tables": {
             "customer": {"columns": ["customer_id", "first_name", "last_name", "email", "phone"], "rows": 0},
@@ -453,9 +460,12 @@ def test_export_storage_errors_are_one_clear_line(exc, expected):
         ({}, ["--date", "20240501"]),
         ({}, ["--batch-size", "0"]),
         ({}, ["--compression", "rar"]),
+        ({"EXPORT_FORMAT": "orc"}, []),
+        ({}, ["--format", "orc"]),
+        ({}, ["--format", "parquet", "--compression", "gzip"]),
     ],
     ids=["compression", "level", "batch-env", "sse", "kms-without-sse", "date", "date-basic",
-         "batch-flag", "compression-flag"],
+         "batch-flag", "compression-flag", "format-env", "format-flag", "parquet-with-compression"],
 )
 def test_export_bad_settings_exit_2_before_touching_anything(monkeypatch, capsys, env, argv):
     monkeypatch.setenv("S3_BUCKET_NAME", "never-contacted")
@@ -870,13 +880,17 @@ def test_export_make_plan_applies_flags_over_settings():
         "S3_BUCKET_NAME": "b", "S3_PREFIX": "p/", "EXPORT_BATCH_SIZE": "5", "EXPORT_COMPRESSION": "GZIP",
         "S3_SSE": "aws:kms", "S3_KMS_KEY_ID": "k",
     })
-    args = argparse.Namespace(date="2024-01-31", batch_size=7, compression="zip", workers=3)
+    args = argparse.Namespace(date="2024-01-31", batch_size=7, compression="zip", workers=3, format=None)
     assert stage.make_plan(settings, args) == stage.ExportPlan(
         bucket="b", prefix="p/", day="2024-01-31", compression="zip", compression_level=6,
-        batch_size=7, workers=3, sse="aws:kms", kms_key_id="k",
+        batch_size=7, workers=3, sse="aws:kms", kms_key_id="k", format="csv",
     )
-    args = argparse.Namespace(date=None, batch_size=None, compression=None, workers=None)
+    args = argparse.Namespace(date=None, batch_size=None, compression=None, workers=None, format=None)
     result = stage.make_plan(settings, args, today=date(2024, 2, 1))
-    assert (result.day, result.batch_size, result.compression, result.workers) == (
-        "2024-02-01", 5, "gzip", stage.DEFAULT_WORKERS,
+    assert (result.day, result.batch_size, result.compression, result.workers, result.format) == (
+        "2024-02-01", 5, "gzip", stage.DEFAULT_WORKERS, "csv",
     )
+    parquet = common.Settings.from_env({"S3_BUCKET_NAME": "b", "EXPORT_FORMAT": " Parquet "})
+    assert (stage.make_plan(parquet, args).format, stage.make_plan(parquet, args).kind) == ("parquet", "parquet")
+    args.format = "csv"  # the flag wins over EXPORT_FORMAT
+    assert stage.make_plan(parquet, args).kind == "zip"
