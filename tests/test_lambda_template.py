@@ -20,16 +20,17 @@ import transform_load_csv_data
 from conftest import REPO
 
 TEMPLATE = REPO / "lambda" / "template.yaml"
+ATHENA_TEMPLATE = REPO / "lambda" / "athena.yaml"
 README = REPO / "lambda" / "README.md"
 DAY = "2026-11-26"
 
 pytest.importorskip("cfnlint")
 
 
-def load_template() -> dict:
+def load_template(path=TEMPLATE) -> dict:
     from cfnlint.decode import cfn_yaml
 
-    return cfn_yaml.loads(TEMPLATE.read_text(encoding="utf-8"))
+    return cfn_yaml.loads(path.read_text(encoding="utf-8"))
 
 
 def statements_by_sid(document: dict) -> dict[str, dict]:
@@ -68,11 +69,12 @@ def export_statements() -> dict[str, dict]:
 # cfn-lint
 
 
-def test_lambda_template_passes_cfn_lint():
+@pytest.mark.parametrize("template", [TEMPLATE, ATHENA_TEMPLATE], ids=lambda path: path.name)
+def test_lambda_template_passes_cfn_lint(template):
     # cfn-lint 1.x has no `python -m cfnlint`; its console script runs cfnlint.runner.main.
     done = subprocess.run(
         [sys.executable, "-c", "import sys; from cfnlint.runner import main; sys.argv[0] = 'cfn-lint'; main()",
-         str(TEMPLATE)],
+         str(template)],
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -208,7 +210,12 @@ def resolve(node, values: dict[str, str], conditions: dict[str, bool]):
         if set(node) == {"Fn::GetAtt"}:
             return values[".".join(node["Fn::GetAtt"])]
         if set(node) == {"Fn::Sub"}:
-            return re.sub(r"\$\{([^}]+)\}", lambda m: values[m.group(1)], node["Fn::Sub"])
+            text, local = node["Fn::Sub"], {}
+            if isinstance(text, list):  # [text, {name: value}]
+                text, local = text[0], {k: resolve(v, values, conditions) for k, v in text[1].items()}
+            # ${!name} is the literal ${name}.
+            return re.sub(r"\$\{(!?)([^}]+)\}",
+                          lambda m: "${" + m.group(2) + "}" if m.group(1) else {**values, **local}[m.group(2)], text)
         out = {k: resolve(v, values, conditions) for k, v in node.items()}
         return {k: v for k, v in out.items() if v is not NO_VALUE}
     if isinstance(node, list):
@@ -555,3 +562,237 @@ def test_export_bucket_check_access_denied_is_one_line(schema_db, s3_bucket, mon
     assert lines == [(f"batch_transfer_data_to_cloud_storage: error: access denied (AccessDenied) to bucket "
                       f"{s3_bucket} while checking the bucket; check the AWS credentials, the bucket policy and, "
                       "with aws:kms, the key policy")]
+
+
+# ---------------------------------------------------------------------------------------
+# lambda/athena.yaml: the catalogue, the workgroup, the analyst policy
+
+import waddle_common  # noqa: E402
+
+ATHENA_DOC = REPO / "docs" / "athena.md"
+# travel.sql's types as Glue (Hive) spells them for the Parquet SerDe.
+HIVE_TYPES = {"BIGINT": "bigint", "INTEGER": "int", "DATE": "date", "TEXT": "string", "BOOLEAN": "boolean"}
+
+
+def hive_type(sql_type: str) -> str:
+    decimal = re.fullmatch(r"NUMERIC\((\d+), *(\d+)\)", sql_type)
+    return f"decimal({decimal[1]},{decimal[2]})" if decimal else HIVE_TYPES[sql_type]
+
+
+def athena_resources() -> dict:
+    return load_template(ATHENA_TEMPLATE)["Resources"]
+
+
+def analyst_statements() -> dict[str, dict]:
+    return statements_by_sid(athena_resources()["AnalystPolicy"]["Properties"]["PolicyDocument"])
+
+
+def athena_values(prefix: str = "exports/", results_bucket: str = "") -> dict[str, str]:
+    return {**template_values(prefix), "DatabaseName": "data_waddle", "Database": "data_waddle",
+            "QueryWorkGroup": "data-waddle-athena-analysts", "QueryResultsBucketName": results_bucket,
+            "QueryResultsPrefix": "athena-results/", "FirstExportDay": "2026-11-01"}
+
+
+def symlink_key(prefix: str, day: str, table: str) -> str:
+    """Where stage 4 puts a day's symlink file of `table` (the contract of issue 14)."""
+    return f"{prefix}{day}/_symlink/{table}/symlink.txt"
+
+
+@pytest.mark.parametrize("table", waddle_common.TABLES)
+def test_athena_template_tables_have_the_exported_columns_typed_as_travel_sql(table):
+    described = athena_resources()[f"{table.capitalize()}Table"]["Properties"]["TableInput"]
+    declared = waddle_common.SCHEMA
+    # Booking rows carry their destination's name and country (from the destination table).
+    origin = {name: "destination" if table == "booking" and name in stage.BOOKING_FROM_DESTINATION else table
+              for name in stage.EXPORT_COLUMNS[table]}
+    expected = [{"Name": name, "Type": hive_type(declared[origin[name]].column(name).sql_type)}
+                for name in stage.EXPORT_COLUMNS[table]]
+    assert described["Name"] == table
+    assert described["StorageDescriptor"]["Columns"] == expected
+    assert [key["Name"] for key in described["PartitionKeys"]] == ["export_day"]
+    assert described["PartitionKeys"][0]["Type"] == "string"
+
+
+@pytest.mark.parametrize("table", waddle_common.TABLES)
+@pytest.mark.parametrize("prefix", ["", "exports/", "a/b/"])
+def test_athena_template_tables_read_the_days_symlink_folder_with_the_parquet_serde(table, prefix):
+    described = athena_resources()[f"{table.capitalize()}Table"]["Properties"]["TableInput"]
+    storage = described["StorageDescriptor"]
+    assert storage["InputFormat"] == "org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat"
+    assert storage["OutputFormat"] == "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat"
+    assert storage["SerdeInfo"] == {"SerializationLibrary": "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"}
+    parameters = resolve(described["Parameters"], athena_values(prefix), {})
+    # Partition projection on the day, from FirstExportDay to today: no crawler, no MSCK REPAIR.
+    assert {k: v for k, v in parameters.items() if k.startswith("projection.")} == {
+        "projection.enabled": "true", "projection.export_day.type": "date",
+        "projection.export_day.format": "yyyy-MM-dd", "projection.export_day.range": "2026-11-01,NOW",
+        "projection.export_day.interval": "1", "projection.export_day.interval.unit": "DAYS"}
+    # The template, with Athena's ${export_day} filled in, is the folder of the day's symlink file.
+    location = parameters["storage.location.template"].replace("${export_day}", DAY)
+    assert location + "symlink.txt" == f"s3://my-data-waddle-bucket/{symlink_key(prefix, DAY, table)}"
+
+
+def test_athena_template_workgroup_enforces_encrypted_results_and_a_scan_limit():
+    template = load_template(ATHENA_TEMPLATE)
+    group = template["Resources"]["QueryWorkGroup"]["Properties"]
+    configuration = group["WorkGroupConfiguration"]
+    assert configuration["EnforceWorkGroupConfiguration"] is True
+    assert configuration["BytesScannedCutoffPerQuery"] == {"Ref": "BytesScannedCutoffPerQuery"}
+    cutoff = template["Parameters"]["BytesScannedCutoffPerQuery"]
+    assert cutoff["MinValue"] == 10_000_000 <= cutoff["Default"] <= 100 * 10**9  # Athena's minimum; a bound
+    assert configuration["EngineVersion"] == {"SelectedEngineVersion": "Athena engine version 3"}
+    results = configuration["ResultConfiguration"]
+    for kms, expected in [(False, {"EncryptionOption": "SSE_S3"}),
+                          (True, {"EncryptionOption": "SSE_KMS", "KmsKey": "arn:aws:kms:REGION:ACCOUNT_ID:key/KEY_ID"})]:
+        assert resolve(results["EncryptionConfiguration"], athena_values(), {"HasKmsKey": kms}) == expected
+    for bucket, in_data_bucket, location in [("", True, "s3://my-data-waddle-bucket/athena-results/"),
+                                             ("results-bucket", False, "s3://results-bucket/athena-results/")]:
+        values = athena_values(results_bucket=bucket)
+        assert resolve(results["OutputLocation"], values, {"ResultsInTheDataBucket": in_data_bucket}) == location
+    assert results["ExpectedBucketOwner"] == {"Ref": "AWS::AccountId"}
+
+
+def test_athena_template_named_queries_belong_to_the_workgroup_and_database():
+    resources = athena_resources()
+    queries = {name: r["Properties"] for name, r in resources.items() if r["Type"] == "AWS::Athena::NamedQuery"}
+    assert set(queries) == {"DayMetricsQuery", "RangeMetricsQuery"}
+    for query in queries.values():
+        assert query["Database"] == {"Ref": "Database"} and query["WorkGroup"] == {"Ref": "QueryWorkGroup"}
+        assert ";" not in query["QueryString"]  # one statement, as Athena runs it
+    # The day once per table; the range's first and last day once per table (Athena's
+    # execution parameters are positional).
+    assert queries["DayMetricsQuery"]["QueryString"].count("?") == 2
+    assert queries["RangeMetricsQuery"]["QueryString"].count("?") == 4
+    assert resources["DestinationTable"]["Properties"]["DatabaseName"] == {"Ref": "Database"}
+
+
+def test_athena_template_grants_the_lambda_and_the_export_nothing():
+    # The catalogue is a stack of its own: its only IAM resource is the analysts' policy,
+    # attached to no one; template.yaml's role and export policy are pinned by the tests above.
+    iam = {name: r for name, r in athena_resources().items() if r["Type"].startswith("AWS::IAM::")}
+    assert list(iam) == ["AnalystPolicy"]
+    assert set(iam["AnalystPolicy"]["Properties"]) == {"Description", "PolicyDocument"}  # no Roles, Users, Groups
+    lambda_iam = {name for name, r in load_template()["Resources"].items() if r["Type"].startswith("AWS::IAM::")}
+    assert lambda_iam == {"MetricsRole", "ExportPolicy"}
+
+
+def test_athena_template_analyst_policy_statements_are_exactly_these():
+    glue = "arn:${AWS::Partition}:glue:${AWS::Region}:${AWS::AccountId}"
+    results_bucket = ["arn:${AWS::Partition}:s3:::${Bucket}",
+                      {"Bucket": {"Fn::If": ["ResultsInTheDataBucket", {"Ref": "DataBucketName"},
+                                             {"Ref": "QueryResultsBucketName"}]}}]
+    assert analyst_statements() == {
+        "RunQueriesInTheWorkgroup": {
+            "Sid": "RunQueriesInTheWorkgroup", "Effect": "Allow",
+            "Action": ["athena:StartQueryExecution", "athena:StopQueryExecution", "athena:GetQueryExecution",
+                       "athena:GetQueryResults", "athena:GetQueryRuntimeStatistics", "athena:ListQueryExecutions",
+                       "athena:BatchGetQueryExecution", "athena:GetWorkGroup", "athena:ListNamedQueries",
+                       "athena:GetNamedQuery", "athena:BatchGetNamedQuery"],
+            "Resource": sub("arn:${AWS::Partition}:athena:${AWS::Region}:${AWS::AccountId}:workgroup/${QueryWorkGroup}"),
+        },
+        "ReadTheDestinationAndBookingTables": {
+            "Sid": "ReadTheDestinationAndBookingTables", "Effect": "Allow",
+            "Action": ["glue:GetDatabase", "glue:GetTable", "glue:GetPartition", "glue:GetPartitions"],
+            "Resource": [sub(f"{glue}:catalog"), sub(f"{glue}:database/default"), sub(f"{glue}:database/${{Database}}"),
+                         sub(f"{glue}:table/${{Database}}/destination"), sub(f"{glue}:table/${{Database}}/booking")],
+        },
+        "LocateTheDataBucket": {
+            "Sid": "LocateTheDataBucket", "Effect": "Allow", "Action": "s3:GetBucketLocation", "Resource": s3_arn(""),
+        },
+        "ListTheSymlinkFolders": {
+            "Sid": "ListTheSymlinkFolders", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": s3_arn(""),
+            "Condition": {"StringLike": {"s3:prefix": [sub("${ExportPrefix}*/_symlink/destination/*"),
+                                                       sub("${ExportPrefix}*/_symlink/booking/*")]}},
+        },
+        "ReadDestinationsAndBookings": {
+            "Sid": "ReadDestinationsAndBookings", "Effect": "Allow", "Action": "s3:GetObject",
+            "Resource": [s3_arn("/${ExportPrefix}*/_symlink/destination/symlink.txt"),
+                         s3_arn("/${ExportPrefix}*/_symlink/booking/symlink.txt"),
+                         s3_arn("/${ExportPrefix}*/destination/destination_*"),
+                         s3_arn("/${ExportPrefix}*/booking/booking_*")],
+        },
+        "ListTheQueryResults": {
+            "Sid": "ListTheQueryResults", "Effect": "Allow",
+            "Action": ["s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads"],
+            "Resource": {"Fn::Sub": results_bucket},
+            "Condition": {"StringLike": {"s3:prefix": [sub("${QueryResultsPrefix}*")]}},
+        },
+        "WriteAndReadTheQueryResults": {
+            "Sid": "WriteAndReadTheQueryResults", "Effect": "Allow",
+            "Action": ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
+            "Resource": {"Fn::Sub": ["arn:${AWS::Partition}:s3:::${Bucket}/${QueryResultsPrefix}*",
+                                     results_bucket[1]]},
+        },
+        "UseTheKmsKeyThroughS3": {
+            "Sid": "UseTheKmsKeyThroughS3", "Effect": "Allow", "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+            "Resource": {"Ref": "KmsKeyArn"},
+            "Condition": {"StringEquals": {"kms:ViaService": sub("s3.${AWS::Region}.amazonaws.com")}},
+        },
+    }
+    document = athena_resources()["AnalystPolicy"]["Properties"]["PolicyDocument"]
+    assert [s["Fn::If"][0] for s in document["Statement"] if "Fn::If" in s] == ["HasKmsKey"]
+    text = json.dumps(document)
+    assert "IfExists" not in text and '"*"' not in text and ":*\"" not in text
+
+
+def analyst_export_keys(prefix: str) -> dict[str, list[str]]:
+    """export_keys() with the Parquet objects and the symlink files of the day."""
+    keys = export_keys(prefix)
+    runs = {part for key in keys["booking"] for part in key.split("/") if stage.RUN_ID_PATTERN.fullmatch(part)}
+    assert len(runs) == 2
+    for table in waddle_common.TABLES:
+        keys[table] += [f"{prefix}{DAY}/{run}/{table}/{table}_{DAY}_batch_{n:04d}.parquet" for run in sorted(runs)
+                        for n in (1, 12)]
+        keys[f"{table} symlink"] = [symlink_key(prefix, DAY, table)]
+    return keys
+
+
+def analyst_readable(prefix: str, keys: list[str]) -> set[str]:
+    arns = resolve(analyst_statements()["ReadDestinationsAndBookings"]["Resource"], athena_values(prefix), {})
+    return {key for key in keys if any(iam_matches(arn, f"arn:aws:s3:::my-data-waddle-bucket/{key}") for arn in arns)}
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_athena_template_analysts_read_destinations_bookings_and_their_symlinks_never_customers(prefix):
+    keys = analyst_export_keys(prefix)
+    everything = [key for group in keys.values() for key in group]
+    assert analyst_readable(prefix, everything) == set(
+        keys["destination"] + keys["booking"] + keys["destination symlink"] + keys["booking symlink"])
+
+
+@pytest.mark.parametrize("prefix", [p for p in PREFIXES if p])
+def test_athena_template_analysts_read_nothing_outside_the_export_prefix(prefix):
+    elsewhere = [key.replace(prefix, "other/", 1) for group in analyst_export_keys(prefix).values() for key in group]
+    elsewhere += [f"athena-results/{DAY}/x.csv", f"{DAY}/_symlink/booking/symlink.txt"]
+    assert analyst_readable(prefix, elsewhere) == set()
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_athena_template_analysts_list_only_the_destination_and_booking_symlink_folders(prefix):
+    listing = resolve(analyst_statements()["ListTheSymlinkFolders"], athena_values(prefix), {})
+    patterns = listing["Condition"]["StringLike"]["s3:prefix"]
+
+    def may_list(folder: str) -> bool:
+        return any(iam_matches(pattern, folder) for pattern in patterns)
+
+    for table in ("destination", "booking"):
+        assert may_list(symlink_key(prefix, DAY, table).rsplit("/", 1)[0] + "/")
+    # Not the customer folder, not the day, not a run: listing a day's prefix is not a way in.
+    assert not may_list(f"{prefix}{DAY}/_symlink/customer/")
+    assert not may_list(f"{prefix}{DAY}/")
+    assert not may_list(f"{prefix}{DAY}/20261126T060000.000Z-1a2b3c4d/booking/")
+
+
+def test_athena_template_analysts_reach_only_the_destination_and_booking_tables():
+    arns = resolve(analyst_statements()["ReadTheDestinationAndBookingTables"]["Resource"], athena_values(), {})
+    glue = "arn:aws:glue:REGION:ACCOUNT_ID"
+    allowed = {name for name in ("destination", "booking", "customer")
+               if any(iam_matches(arn, f"{glue}:table/data_waddle/{name}") for arn in arns)}
+    assert allowed == {"destination", "booking"}
+
+
+def test_athena_doc_analyst_policy_is_the_templates():
+    document = athena_resources()["AnalystPolicy"]["Properties"]["PolicyDocument"]
+    section = ATHENA_DOC.read_text(encoding="utf-8").split("## The analyst policy", 1)[1].split("\n## ", 1)[0]
+    (policy,) = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", section, re.DOTALL)]
+    assert policy == resolve(document, athena_values(), {"HasKmsKey": False, "ResultsInTheDataBucket": True})
