@@ -1,12 +1,14 @@
 """The contract between stage 4 and the Lambda, pinned by a golden export.
 
-tests/lambda/golden_export/ holds, as static files, two exports of the small dataset below
-exactly as stage 4 writes them: 2026-11-26 as zip and 2026-11-27 as gzip, 4 rows per batch
-(so every table has several batches), under S3_PREFIX `exports/`. The Lambda's tests
-(tests/lambda/) read those very files and check exact metrics; here stage 4 runs for real
-(PostgreSQL, moto's S3 server) on the dataset and must write exactly those objects, byte for
-byte, and that manifest, apart from what differs run to run: the run id (in the keys too),
-the export time and the producer's tool_version.
+tests/lambda/golden_export/ holds, as static files, three exports of the small dataset below
+exactly as stage 4 writes them: 2026-11-26 as zip, 2026-11-27 as gzip and 2026-11-28 as
+Parquet, 4 rows per batch (so every table has several batches), under S3_PREFIX `exports/`.
+The Lambda's tests (tests/lambda/) read those very files and check exact metrics; here stage
+4 runs for real (PostgreSQL, moto's S3 server) on the dataset and must write exactly those
+objects, byte for byte, and that manifest, apart from what differs run to run: the run id
+(in the keys too), the export time and the producer's tool_version. Parquet objects are
+compared as tables (schema, types, values, row groups, codec), not bytes: the file records
+the pyarrow version that wrote it. The symlink files (they name the bucket) are not kept.
 
 The dataset: a destination without bookings, two places named Springfield, a town called
 Nan, names with commas, quotes and non-ASCII text, a BIGINT id, a customer without a phone,
@@ -28,14 +30,16 @@ import shutil
 import zipfile
 
 import boto3
+import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, lambda_module, query
 
 import batch_transfer_data_to_cloud_storage as stage4
+import waddle_common as common
 
 GOLDEN = REPO / "tests" / "lambda" / "golden_export"
 PREFIX = "exports/"
-EXPORTS = {"2026-11-26": "zip", "2026-11-27": "gzip"}  # day -> compression
+EXPORTS = {"2026-11-26": "zip", "2026-11-27": "gzip", "2026-11-28": "parquet"}  # day -> kind of object
 BATCH_SIZE = 4
 # What differs from run to run, as the golden files spell it.
 GOLDEN_RUN = "{day}T060000.000Z-90100e11"  # the day without dashes
@@ -88,17 +92,20 @@ def load_dataset(url: str) -> None:
           [v for b in BOOKINGS for v in (*b[:6], b[4], b[5], *b[6:])])
 
 
-def export(day: str, compression: str, monkeypatch, prefix: str = PREFIX) -> None:
+def export(day: str, kind: str, monkeypatch, prefix: str = PREFIX) -> None:
     monkeypatch.setenv("S3_PREFIX", prefix)
-    argv = ["--date", day, "--compression", compression, "--batch-size", str(BATCH_SIZE)]
-    assert stage4.main(argv) == 0
+    monkeypatch.delenv("EXPORT_FORMAT", raising=False)
+    how = ["--format", "parquet"] if kind == "parquet" else ["--compression", kind]
+    assert stage4.main(["--date", day, *how, "--batch-size", str(BATCH_SIZE)]) == 0
 
 
 def stored(bucket: str, day: str, prefix: str = PREFIX) -> tuple[dict, dict[str, bytes]]:
-    """The day's manifest and every object under the day's folder, keyed relative to the bucket."""
+    """The day's manifest and every object under the day's folder but the symlink files, keyed
+    relative to the bucket."""
     s3 = boto3.client("s3")
     listing = s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}{day}/")
-    objects = {o["Key"]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listing["Contents"]}
+    objects = {o["Key"]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listing["Contents"]
+               if "/_symlink/" not in o["Key"]}
     return json.loads(objects.pop(f"{prefix}{day}/_manifest.json")), objects
 
 
@@ -117,6 +124,28 @@ def golden(day: str) -> tuple[dict, dict[str, bytes]]:
     return json.loads(files.pop(f"{PREFIX}{day}/_manifest.json")), files
 
 
+def parquet(body: bytes):
+    return pq.ParquetFile(io.BytesIO(body))
+
+
+def same_parquet(body: bytes, golden_body: bytes) -> bool:
+    """Equal as tables (schema with types, values), in the same row groups with the same codecs."""
+    got, want = parquet(body), parquet(golden_body)
+    layout = [(m.num_row_groups, [m.row_group(i).num_rows for i in range(m.num_row_groups)],
+               {m.row_group(i).column(c).compression for i in range(m.num_row_groups) for c in range(m.num_columns)})
+              for m in (got.metadata, want.metadata)]
+    return got.schema_arrow == want.schema_arrow and got.read() == want.read() and layout[0] == layout[1]
+
+
+def without_parquet_digests(manifest: dict) -> dict:
+    """The manifest with the size and SHA-256 of Parquet objects left out (the bytes name the writer)."""
+    manifest = json.loads(json.dumps(manifest))
+    for entry in manifest["objects"]:
+        if entry["key"].endswith(".parquet"):
+            del entry["bytes"], entry["sha256"]
+    return manifest
+
+
 def unpacked(key: str, body: bytes) -> bytes:
     if key.endswith(".zip"):
         with zipfile.ZipFile(io.BytesIO(body)) as archive:
@@ -127,8 +156,8 @@ def unpacked(key: str, body: bytes) -> bytes:
 @pytest.mark.slow
 def test_contract_stage_4_writes_the_golden_export(schema_db, s3_bucket, monkeypatch):
     load_dataset(schema_db)
-    for day, compression in EXPORTS.items():
-        export(day, compression, monkeypatch)
+    for day, kind in EXPORTS.items():
+        export(day, kind, monkeypatch)
         manifest, objects = normalised(*stored(s3_bucket, day), day)
         if os.environ.get("WADDLE_REGENERATE_GOLDEN") == "1":
             shutil.rmtree(GOLDEN / PREFIX / day, ignore_errors=True)
@@ -139,9 +168,13 @@ def test_contract_stage_4_writes_the_golden_export(schema_db, s3_bucket, monkeyp
             continue
         want_manifest, want_objects = golden(day)
 
-        assert manifest == want_manifest
+        assert without_parquet_digests(manifest) == without_parquet_digests(want_manifest)
         assert sorted(objects) == sorted(want_objects) == sorted(o["key"] for o in manifest["objects"])
-        for key, body in objects.items():  # the CSV first: a clearer diff than the bytes
+        for key, body in objects.items():
+            if kind == "parquet":
+                assert same_parquet(body, want_objects[key]), key
+                continue
+            # The CSV first: a clearer diff than the bytes.
             assert unpacked(key, body).decode() == unpacked(key, want_objects[key]).decode(), key
             assert body == want_objects[key], key
     if os.environ.get("WADDLE_REGENERATE_GOLDEN") == "1":
@@ -150,9 +183,11 @@ def test_contract_stage_4_writes_the_golden_export(schema_db, s3_bucket, monkeyp
 
 def test_contract_golden_export_is_complete_and_consistent():
     """The static files agree with their manifests: every listed object, its size and SHA-256."""
-    for day, compression in EXPORTS.items():
+    for day, kind in EXPORTS.items():
         manifest, objects = golden(day)
-        assert (manifest["date"], manifest["compression"], manifest["prefix"]) == (day, compression, f"{PREFIX}{day}/")
+        assert (manifest["date"], manifest["prefix"]) == (day, f"{PREFIX}{day}/")
+        assert (manifest["format"], manifest["compression"]) == (
+            ("parquet", "snappy") if kind == "parquet" else ("csv", kind))
         assert sorted(objects) == sorted(o["key"] for o in manifest["objects"])
         for entry in manifest["objects"]:
             body = objects[entry["key"]]
@@ -195,11 +230,54 @@ def test_contract_prefix_without_slash_export_and_lambda_meet(schema_db, s3_buck
 
 
 def test_contract_money_grammar_is_what_stage_4_writes():
-    # Every total in the golden export matches the Lambda's one grammar, and nothing else does.
+    # Every total in the golden export matches the Lambda's one grammar (in Parquet, the
+    # decimal's exact text, which the Lambda checks the same way), and nothing else does.
     grammar = re.compile(lambda_module().EXPORT_MONEY)
     for day in EXPORTS:
         manifest, objects = golden(day)
         for entry in manifest["objects"]:
-            if entry["table"] == "booking":
-                lines = unpacked(entry["key"], objects[entry["key"]]).decode().splitlines()[1:]
-                assert lines and all(grammar.fullmatch(line.split(",")[-3]) for line in lines)
+            if entry["table"] != "booking":
+                continue
+            if entry["key"].endswith(".parquet"):
+                values = [str(v) for v in parquet(objects[entry["key"]]).read()["total_booking_value"].to_pylist()]
+            else:
+                values = [line.split(",")[-3] for line in unpacked(entry["key"], objects[entry["key"]]).decode()
+                          .splitlines()[1:]]
+            assert values and all(grammar.fullmatch(value) for value in values), entry["key"]
+
+
+def test_contract_parquet_golden_export_is_snappy_which_the_lambda_layers_read():
+    # The AWS SDK for pandas layers build Arrow with ARROW_WITH_ZSTD=OFF (building/lambda/
+    # build-lambda-layer.sh at 3.10.1 and 3.16.1): a zstd file would fail there, and the CI
+    # venvs (pip's pyarrow wheels, which have zstd) would not notice.
+    manifest, objects = golden("2026-11-28")
+    for entry in manifest["objects"]:
+        metadata = parquet(objects[entry["key"]]).metadata
+        assert metadata.num_row_groups <= 1, entry["key"]
+        assert {metadata.row_group(0).column(c).compression for c in range(metadata.num_columns)
+                if metadata.num_row_groups} <= {"SNAPPY"}, entry["key"]
+    assert stage4.PARQUET_CODEC == "snappy"
+
+
+# ---------------------------------------------------------------------------------------
+# The Lambda's own copy of the column declaration
+
+
+# How the Lambda reads a column of each SQL type: ids and counts as int64, text and money as text.
+LAMBDA_DTYPE = {"BIGINT": "int64", "INTEGER": "int64", "TEXT": object, "NUMERIC(12, 2)": object,
+                "NUMERIC(22, 2)": object}
+
+
+def test_contract_lambda_columns_agree_with_waddle_common_schema():
+    lf = lambda_module()
+    for table, columns in lf.COLUMNS.items():
+        exported = {c.name: c for c in stage4.EXPORT_DECLARATION[table]}
+        for name, dtype in columns.items():
+            assert name in exported, f"the Lambda reads {table}.{name}, which stage 4 does not export"
+            assert exported[name] in common.SCHEMA[table].columns + common.SCHEMA["destination"].columns
+            assert not exported[name].nullable, f"{table}.{name} may be NULL: the Lambda has no reading for it"
+            assert LAMBDA_DTYPE[exported[name].sql_type] == dtype, f"{table}.{name}: {exported[name].sql_type}"
+    assert set(lf.COLUMNS) == {"destination", "booking"}  # never customer: personal data
+    # The money the Lambda sums is the column the grammar's 16 digits of units were set for.
+    money = common.SCHEMA["booking"].column("total_booking_value")
+    assert money.sql_type == "NUMERIC(22, 2)" and lf.MAX_UNIT_DIGITS == 16
