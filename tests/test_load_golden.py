@@ -17,9 +17,9 @@ Per load, tests/golden/<scenario>/<load>/ holds:
 - load_run_table.csv: the counts the load stored (absent when it committed nothing).
 - tables/<table>.csv: each table after the load, `COPY (SELECT <columns in travel.sql order>
   ... ORDER BY <key>) TO STDOUT WITH (FORMAT csv, HEADER)`.
-- rejects/<table>_rejects.csv: the rejects files exactly as the load wrote them (absent when
+- rejected/<table>_rejects.csv: the rejects files exactly as the load wrote them (absent when
   it wrote none).
-- For the 100k set, digests.txt instead of tables/ and rejects/: the SHA-256 and size of each.
+- For the 100k set, digests.txt instead of tables/ and rejected/: the SHA-256 and size of each.
 
 Scenarios:
 
@@ -181,7 +181,7 @@ def run_load(url: str, load: Load, folder: Path, monkeypatch, capsys) -> tuple[d
     for table in TABLES:
         path = rejects / f"{table}_rejects.csv"
         if path.exists():
-            out[f"rejects/{path.name}"] = path.read_bytes()
+            out[f"rejected/{path.name}"] = path.read_bytes()  # not rejects/: .gitignore ignores that name
 
     written = {t: [k for k, xmin in after[t].items() if before[t].get(k) != xmin] for t in TABLES}
     removed = {t: [k for k in before[t] if k not in after[t]] for t in TABLES}
@@ -217,7 +217,7 @@ def run_load(url: str, load: Load, folder: Path, monkeypatch, capsys) -> tuple[d
 
 def digests(out: dict[str, bytes]) -> dict[str, bytes]:
     """The 100k set's outputs with the data replaced by its SHA-256 (the data is not kept)."""
-    kept = {name: content for name, content in out.items() if not name.startswith(("tables/", "rejects/"))}
+    kept = {name: content for name, content in out.items() if not name.startswith(("tables/", "rejected/"))}
     lines = [f"{hashlib.sha256(content).hexdigest()}  {len(content):>10} bytes  {name}"
              for name, content in sorted(out.items()) if name not in kept]
     kept["digests.txt"] = ("\n".join(lines) + "\n").encode()
