@@ -32,7 +32,9 @@ pytest.importorskip("cfnlint")
 
 TEMPLATE = REPO / "lambda" / "athena.yaml"
 PREFIX = "exports/"
-CSV_PREFIX = "csv-exports/"  # the same snapshots as CSV, which the Lambda reads
+# The same snapshots as CSV: what the Lambda reads (it reads no Parquet yet; with Parquet
+# support, lambda_metrics() would read PREFIX itself).
+CSV_PREFIX = "csv-exports/"
 DAYS = ("2026-11-24", "2026-11-25", "2026-11-26")
 BATCH_SIZE = "2"  # several objects per table and day
 # The largest total one booking may have (travel.sql's booking_total_value_limit), as
@@ -121,6 +123,9 @@ CHANGES = {
         booking(11, 2, MAX_PASSENGERS, MAX_COST),  # Zürich: 29999999999999999.97
     ],
 }
+# Then the last day is exported again: its first run stays (retention keeps a replaced run
+# for a while) but must not be read.
+REEXPORT = [booking(12, 8, 5, "100.00")]
 
 
 def database_metrics(url: str) -> list[tuple]:
@@ -201,6 +206,10 @@ def exported(schema_db, s3_bucket, monkeypatch, tmp_path):
         truth[day] = database_metrics(schema_db)
         export(monkeypatch, day, "parquet", PREFIX)
         export(monkeypatch, day, "csv", CSV_PREFIX)
+    execute(schema_db, REEXPORT)
+    truth[DAYS[-1]] = database_metrics(schema_db)
+    export(monkeypatch, DAYS[-1], "parquet", PREFIX)
+    export(monkeypatch, DAYS[-1], "csv", CSV_PREFIX)
     for day in DAYS:  # after every export: each day still reads as its own run
         listed[day] = fetch_symlinked(s3_bucket, day, folder)
     return s3_bucket, folder, truth, listed
@@ -227,9 +236,9 @@ def test_athena_queries_day_metrics_equal_the_lambdas_and_the_databases(exported
     assert last[2][4] == "19999999999999999.98" and last[1][4] == "9999999999999999.99"
     names = [row[1] for row in con.execute(sql, [DAYS[0], DAYS[0]]).fetchall()]
     assert names == ["Nowhere", "Paris", "Paris", "Zürich", "paris", "Ávila"]
-    # The day's total as an exact sum: 4 x 9999999999999999.99 + 1078.02 (no float gets there).
+    # The day's total as an exact sum: 4 x 9999999999999999.99 + 1578.02 (no float gets there).
     total = con.execute(f"SELECT sum(total_booking_value_per_destination) FROM ({sql})", [DAYS[2], DAYS[2]])
-    assert total.fetchone()[0] == Decimal("40000000000001077.98")
+    assert total.fetchone()[0] == Decimal("40000000000001577.98")
 
 
 def test_athena_queries_date_range_is_each_days_metrics(exported):
@@ -256,7 +265,11 @@ def test_athena_queries_symlinks_list_exactly_the_manifests_run_typed_as_the_glu
         for table, keys in listed[day].items():
             assert keys == [o["key"] for o in manifest["objects"] if o["table"] == table]
             assert all(key.startswith(f"{PREFIX}{day}/{manifest['run_id']}/{table}/") for key in keys)
-    assert len(listed[DAYS[-1]]["booking"]) == 6  # 11 bookings in batches of 2
+    assert len(listed[DAYS[-1]]["booking"]) == 6  # 12 bookings in batches of 2
+    # The replaced run of the last day is still there; listing the day would read both.
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"{PREFIX}{DAYS[-1]}/")["Contents"]]
+    runs = {key.split("/")[2] for key in keys if stage.RUN_ID_PATTERN.fullmatch(key.split("/")[2])}
+    assert len(runs) == 2
     # Every object has the Glue table's columns, in order, typed as Athena will read them.
     for table in ("customer", "destination", "booking"):
         for path in sorted((folder / table).glob("*/*.parquet")):
