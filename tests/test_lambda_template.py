@@ -692,10 +692,11 @@ def test_athena_template_analyst_policy_statements_are_exactly_these():
         "LocateTheDataBucket": {
             "Sid": "LocateTheDataBucket", "Effect": "Allow", "Action": "s3:GetBucketLocation", "Resource": s3_arn(""),
         },
-        "ListTheSymlinkFolders": {
-            "Sid": "ListTheSymlinkFolders", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": s3_arn(""),
-            "Condition": {"StringLike": {"s3:prefix": [sub("${ExportPrefix}*/_symlink/destination/*"),
-                                                       sub("${ExportPrefix}*/_symlink/booking/*")]}},
+        "ListTheDestinationAndBookingFolders": {
+            "Sid": "ListTheDestinationAndBookingFolders", "Effect": "Allow", "Action": "s3:ListBucket",
+            "Resource": s3_arn(""),
+            "Condition": {"StringLike": {"s3:prefix": [sub("${ExportPrefix}*/destination/*"),
+                                                       sub("${ExportPrefix}*/booking/*")]}},
         },
         "ReadDestinationsAndBookings": {
             "Sid": "ReadDestinationsAndBookings", "Effect": "Allow", "Action": "s3:GetObject",
@@ -760,19 +761,21 @@ def test_athena_template_analysts_read_nothing_outside_the_export_prefix(prefix)
 
 
 @pytest.mark.parametrize("prefix", PREFIXES)
-def test_athena_template_analysts_list_only_the_destination_and_booking_symlink_folders(prefix):
-    listing = resolve(analyst_statements()["ListTheSymlinkFolders"], athena_values(prefix), {})
+def test_athena_template_analysts_list_only_destination_and_booking_folders(prefix):
+    listing = resolve(analyst_statements()["ListTheDestinationAndBookingFolders"], athena_values(prefix), {})
     patterns = listing["Condition"]["StringLike"]["s3:prefix"]
 
     def may_list(folder: str) -> bool:
         return any(iam_matches(pattern, folder) for pattern in patterns)
 
+    run = "20261126T060000.000Z-1a2b3c4d"
     for table in ("destination", "booking"):
-        assert may_list(stage.symlink_key(prefix, DAY, table).rsplit("/", 1)[0] + "/")
-    # Not the customer folder, not the day, not a run: listing a day's prefix is not a way in.
-    assert not may_list(f"{prefix}{DAY}/_symlink/customer/")
-    assert not may_list(f"{prefix}{DAY}/")
-    assert not may_list(f"{prefix}{DAY}/20261126T060000.000Z-1a2b3c4d/booking/")
+        assert may_list(stage.symlink_key(prefix, DAY, table).rsplit("/", 1)[0] + "/")  # the partition
+        assert may_list(stage.batch_key(prefix, DAY, run, table, 1, "parquet").rsplit("/", 1)[0] + "/")
+    # Not customer's folders, not the day, not a run: listing a day's prefix is not a way in.
+    for folder in (f"{prefix}{DAY}/_symlink/customer/", f"{prefix}{DAY}/{run}/customer/", f"{prefix}{DAY}/",
+                   f"{prefix}{DAY}/{run}/", f"{prefix}{DAY}/_symlink/", prefix):
+        assert not may_list(folder), folder
 
 
 def test_athena_template_analysts_reach_only_the_destination_and_booking_tables():
