@@ -1,11 +1,9 @@
 """Stage 5 (AWS Lambda): per-destination booking metrics from the day's S3 export.
 
-Reads `{S3_PREFIX}{date}/_manifest.json` (stage 4's commit point), then the destination and
-booking objects it lists, each checked against its size and SHA-256. Returns for every destination
-(by name, country, id) total_bookings_, total_booking_value_ (exact, "1234.50") and
-total_passengers_booked_per_destination.
-Money off the export grammar EXPORT_MONEY, or a NUL byte, fails the run with ExportCorrupt naming
-the object (row and value); memory follows the object, not the export.
+Reads `{S3_PREFIX}{date}/_manifest.json` (stage 4's commit point), then the destination and booking objects it lists
+(CSV, or Parquet with pyarrow), each checked against its size and SHA-256. Returns for every destination (by name,
+country, id) total_bookings_, total_booking_value_ (exact, "1234.50") and total_passengers_booked_per_destination.
+Money off the export grammar EXPORT_MONEY, or a NUL byte in a CSV, fails the run: ExportCorrupt names object and row.
 Local run, same variables (and ./.env): python lambda/lambda_function.py --date 2026-11-26 [--json]
 """
 
@@ -39,6 +37,7 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 MANIFEST_FORMAT_VERSION = 1
+FORMATS = ("csv", "parquet", None)  # the manifest's format; None: stage 4 from before Parquet, CSV
 CHUNK_ROWS = 100_000  # rows per parsed chunk: a few MB whatever the object's size
 READ_WORKERS = 4  # objects downloaded, verified and parsed at once (network and parsing overlap)
 RESULTS = {"json": ("destination_metrics.json", "application/json"), "csv": ("destination_metrics.csv", "text/csv")}
@@ -99,8 +98,7 @@ class Settings:
     def check(self) -> None:
         if not self.bucket:
             raise MetricsError("S3_BUCKET_NAME is not set: name the bucket that holds the daily exports")
-        mode = SSE_MODES.get(self.sse.lower())
-        if mode is None or (self.kms_key_id and mode != "aws:kms"):
+        if (mode := SSE_MODES.get(self.sse.lower())) is None or (self.kms_key_id and mode != "aws:kms"):
             raise MetricsError(f"S3_SSE must be AES256 or aws:kms (aws:kms to use S3_KMS_KEY_ID), got {self.sse!r}")
 
 
@@ -126,15 +124,13 @@ class RunLog(logging.LoggerAdapter):
     """Adds the run's fields (bucket, prefix, date) to each line's own `extra` fields."""
 
     def process(self, msg, kwargs):
-        kwargs["extra"] = {**self.extra, **kwargs.get("extra", {})}
-        return msg, kwargs
+        return msg, {**kwargs, "extra": {**self.extra, **kwargs.get("extra", {})}}
 
 
 def parse_day(value: object, source: str = "date") -> str:
     """`'2026-11-26'` -> itself, after checking it is a real calendar date."""
-    text = str(value).strip()
     with suppress(ValueError):
-        if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
+        if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text := str(value).strip()):
             return date.fromisoformat(text).isoformat()
     raise MetricsError(f"{source} must be a date as YYYY-MM-DD, got {value!r}")
 
@@ -154,21 +150,16 @@ def resolve_date(event: Mapping[str, Any] | None, now: datetime | None = None) -
     return (now or datetime.now(UTC)).astimezone(UTC).date().isoformat()
 
 
-def manifest_key(prefix: str, day: str) -> str:
-    return f"{prefix}{day}/_manifest.json"
-
-
 def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def load_manifest(s3, bucket: str, prefix: str, day: str) -> dict:
-    key, where = manifest_key(prefix, day), f"bucket {bucket}, prefix {prefix!r}"
+def load_manifest(s3, bucket: str, prefix: str, day: str, key: str) -> dict:
+    where = f"bucket {bucket}, prefix {prefix!r}"
     try:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
-        code = error_code(exc)
-        if code in ("NoSuchKey", "404", "NotFound"):
+        if (code := error_code(exc)) in ("NoSuchKey", "404", "NotFound"):
             raise ExportNotFound(f"no export for {day}: s3://{bucket}/{key} does not exist ({where}); run stage 4 "
                                  "(batch_transfer_data_to_cloud_storage.py) for that date or check S3_PREFIX") from None
         if code in ("AccessDenied", "403", "Forbidden"):
@@ -188,9 +179,10 @@ def check_manifest(manifest: object, key: str, folder: str, day: str) -> None:
     if not (isinstance(manifest, dict) and isinstance(manifest.get("objects"), list)
             and isinstance(manifest.get("tables", {}), dict)):
         raise ExportCorrupt(f"manifest {key} is not a JSON object with an objects list (and a tables object)")
-    for field, wanted in (("format_version", MANIFEST_FORMAT_VERSION), ("date", day)):
-        if manifest.get(field) != wanted:
-            raise ExportCorrupt(f"manifest {key} is for {field} {manifest.get(field)!r}, not {wanted!r}")
+    for field, wanted in (("format_version", (MANIFEST_FORMAT_VERSION,)), ("date", (day,)), ("format", FORMATS)):
+        if manifest.get(field) not in wanted:
+            raise ExportCorrupt(f"manifest {key} is for {field} {manifest.get(field)!r}, not "
+                                f"{' or '.join(map(repr, wanted))}")
     seen = set()
     for entry in manifest["objects"]:
         name = entry.get("key") if isinstance(entry, dict) else None
@@ -208,11 +200,11 @@ def fetch_verified(s3, bucket: str, entry: dict, stack: ExitStack) -> IO[bytes]:
     try:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"]
         spool = stack.enter_context(tempfile.SpooledTemporaryFile(max_size=8 << 20))  # then in /tmp
-        digest, size = hashlib.sha256(), 0
+        digest = hashlib.sha256()
         for block in body.iter_chunks(1 << 20):
             digest.update(block)
-            size += len(block)
             spool.write(block)
+        size = spool.tell()
     except ClientError as exc:
         if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
             raise ExportCorrupt(f"object {key} is listed in the manifest but missing from bucket {bucket}") from None
@@ -227,12 +219,17 @@ def fetch_verified(s3, bucket: str, entry: dict, stack: ExitStack) -> IO[bytes]:
     return spool
 
 
-def read_csv(raw: IO[bytes], key: str, table: str, chunk_rows: int, stack: ExitStack):
-    """pandas' C reader of the used columns of the CSV in `raw` (inflated as read), in chunks.
-
-    The one reader, with or without pyarrow: Arrow's CSV reader for small objects gave the same
-    wall time end to end (measured at 1M bookings), and one reader cannot give two verdicts."""
-    if key.endswith(".zip"):
+def read_frames(raw: IO[bytes], key: str, table: str, chunk_rows: int, stack: ExitStack, form: str):
+    """The used columns of an object in chunks: ids, counts int64; text, money as text (in Parquet the decimal's exact
+    text) for to_cents' one grammar. CSV: pandas' C reader with or without pyarrow (one reader, one verdict)."""
+    if form == "parquet":
+        try:  # the AWS SDK for pandas layer has pyarrow; CSV exports need none
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise MetricsError(f"object {key} is Parquet and this Lambda has no pyarrow: add a layer with pyarrow "
+                               "(AWS SDK for pandas) or export the day as CSV (EXPORT_FORMAT=csv)") from None
+        header = [field.name for field in pq.read_schema(raw) if not field.nullable]  # required: never empty
+    elif key.endswith(".zip"):
         archive = stack.enter_context(zipfile.ZipFile(raw))
         members = [m for m in archive.infolist() if not m.is_dir()]
         if len(members) != 1:
@@ -242,12 +239,17 @@ def read_csv(raw: IO[bytes], key: str, table: str, chunk_rows: int, stack: ExitS
         raw = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
     elif not key.endswith(".csv"):
         raise ExportCorrupt(f"object {key} is neither .csv.zip, .csv.gz nor .csv")
-    raw = io.BufferedReader(NulRefused(raw, key), 1 << 20)
-    header = next(csv.reader([raw.readline().decode("utf-8-sig")]), [])
+    if form != "parquet":
+        raw = io.BufferedReader(NulRefused(raw, key), 1 << 20)
+        header = next(csv.reader([raw.readline().decode("utf-8-sig")]), [])
     missing = [name for name in COLUMNS[table] if name not in header]
     if missing or len(set(header)) != len(header):
         raise ExportCorrupt(f"object {key} {'lacks column(s) ' + ', '.join(missing) if missing else 'repeats a column'}"
-                            f"; columns found: {', '.join(header)}")
+                            f"; {'required ' * (form == 'parquet')}columns found: {', '.join(header)}")
+    if form == "parquet":
+        types = {name: "string" if kind is object else kind for name, kind in COLUMNS[table].items()}
+        return (pd.DataFrame({n: batch[n].cast(t).to_numpy(zero_copy_only=False) for n, t in types.items()})
+                for batch in pq.ParquetFile(raw).iter_batches(chunk_rows, columns=list(types)))
     return stack.enter_context(pd.read_csv(raw, encoding="utf-8", header=None, names=header, chunksize=chunk_rows,
                                            usecols=list(COLUMNS[table]), dtype=COLUMNS[table], keep_default_na=False,
                                            na_values=[]))
@@ -294,18 +296,16 @@ def add_sums(totals: dict[int, list[int]], ids: np.ndarray, *columns: np.ndarray
             totals.setdefault(dest_id, [0] * (1 + len(columns)))[position] += int(value)
 
 
-def read_object(s3, bucket: str, entry: dict, chunk_rows: int) -> tuple[int, list, dict, float]:
+def read_object(s3, bucket: str, entry: dict, chunk_rows: int, form: str) -> tuple[int, list, dict, float]:
     """(rows, [(id, name, country)], {id: [bookings, passengers, cents]}, seconds) of one object."""
-    key, table, started = entry["key"], entry["table"], time.monotonic()
-    rows, destinations, totals = 0, [], {}
+    (key, table, started), rows, destinations, totals = (entry["key"], entry["table"], time.monotonic()), 0, [], {}
     with ExitStack() as stack:
         raw = fetch_verified(s3, bucket, entry, stack)
         try:
-            for frame in read_csv(raw, key, table, chunk_rows, stack):
+            for frame in read_frames(raw, key, table, chunk_rows, stack, form):
                 if table == "destination":  # never empty in travel.sql: a short row, filled in by pandas
-                    empty = ((frame["destination"] == "") | (frame["country"] == "")).to_numpy()
-                    if empty.any():
-                        raise ExportCorrupt(f"object {key} data row {rows + int(np.argmax(empty)) + 1} lacks a name")
+                    for bad in np.flatnonzero((frame["destination"] == "") | (frame["country"] == ""))[:1]:
+                        raise ExportCorrupt(f"object {key} data row {rows + bad + 1} lacks a name")
                     destinations.extend(frame.itertuples(index=False, name=None))
                 else:
                     passengers = frame["number_of_passengers"].to_numpy()
@@ -315,9 +315,9 @@ def read_object(s3, bucket: str, entry: dict, chunk_rows: int) -> tuple[int, lis
                     cents = to_cents(frame["total_booking_value"].to_numpy(), key, rows + 1)
                     add_sums(totals, frame["destination_id"].to_numpy(), passengers, cents)
                 rows += len(frame)
-        except (ValueError, OverflowError, UnicodeDecodeError, EOFError, OSError, zipfile.BadZipFile,
+        except (ValueError, TypeError, NotImplementedError, OverflowError, EOFError, OSError, zipfile.BadZipFile,
                 zlib.error, pd.errors.ParserError) as exc:
-            raise ExportCorrupt(f"object {key} cannot be read as a {table} CSV: {first_line(exc)}") from None
+            raise ExportCorrupt(f"object {key} cannot be read as a {table} {form}: {first_line(exc)}") from None
     if rows != entry["rows"]:
         raise ExportCorrupt(f"object {key} has {rows} rows, the manifest says {entry['rows']}")
     return rows, destinations, totals, round(time.monotonic() - started, 3)
@@ -327,9 +327,10 @@ def compute_metrics(s3, bucket: str, prefix: str, day: str, *, chunk_rows: int =
                     log: RunLog | None = None) -> dict:
     """The day's metrics as a JSON-serialisable dict. READ_WORKERS objects are read at once; results
     come in manifest order (the first bad object is the one reported, the others are cancelled)."""
-    log = log or RunLog(LOG, {"date": day})
-    manifest = load_manifest(s3, bucket, prefix, day)
-    log.info("manifest read", extra={"key": manifest_key(prefix, day), "objects": len(manifest["objects"]),
+    key, log = f"{prefix}{day}/_manifest.json", log or RunLog(LOG, {"date": day})
+    manifest = load_manifest(s3, bucket, prefix, day, key)
+    form = manifest.get("format") or "csv"  # Parquet without pyarrow: the first object read says so
+    log.info("manifest read", extra={"key": key, "objects": len(manifest["objects"]), "format": form,
                                      "run_id": manifest.get("run_id"), "exported_at": manifest.get("exported_at")})
     rows_read, objects_read, destinations, totals = {"destination": 0, "booking": 0}, 0, {}, {}
     pool = ThreadPoolExecutor(max_workers=READ_WORKERS, thread_name_prefix="read")
@@ -337,15 +338,14 @@ def compute_metrics(s3, bucket: str, prefix: str, day: str, *, chunk_rows: int =
         for table in rows_read:
             entries = [entry for entry in manifest["objects"] if entry["table"] == table]
             objects_read += len(entries)
-            read = pool.map(lambda entry: read_object(s3, bucket, entry, chunk_rows), entries)
+            read = pool.map(lambda entry: read_object(s3, bucket, entry, chunk_rows, form), entries)
             for entry, (rows, places, sums, seconds) in zip(entries, read, strict=True):
                 log.info("object read", extra={"table": table, "key": entry["key"], "rows": rows,
                                                "bytes": entry["bytes"], "seconds": seconds})
                 rows_read[table] += rows
-                for dest_id, name, country in places:
-                    if dest_id in destinations:
+                for dest_id, *place in places:  # [name, country], stored unless the id came before
+                    if destinations.setdefault(dest_id, place) is not place:
                         raise ExportCorrupt(f"object {entry['key']} repeats destination_id {dest_id}")
-                    destinations[dest_id] = (name, country)
                 for dest_id, values in sums.items():
                     totals[dest_id] = [a + b for a, b in zip(totals.get(dest_id, (0, 0, 0)), values, strict=True)]
             declared = manifest.get("tables", {}).get(table)  # the exporter's summary, checked when present
@@ -356,13 +356,13 @@ def compute_metrics(s3, bucket: str, prefix: str, day: str, *, chunk_rows: int =
     if unknown := sorted(set(totals) - set(destinations)):
         raise ExportCorrupt("bookings reference destination_id(s) not in the destination table: "
                             + ", ".join(map(str, unknown[:10])) + (" ..." if len(unknown) > 10 else ""))
-    return {"date": day, "bucket": bucket, "prefix": prefix, "manifest": manifest_key(prefix, day),
+    return {"date": day, "bucket": bucket, "prefix": prefix, "manifest": key,
             "exported_at": manifest.get("exported_at"), "objects_read": objects_read, "rows_read": rows_read,
             "money_format": "decimal string with exactly 2 places", **build_report(destinations, totals),
             "results": None}
 
 
-def build_report(destinations: Mapping[int, tuple[str, str]], totals: Mapping[int, list[int]]) -> dict:
+def build_report(destinations: Mapping[int, Sequence[str]], totals: Mapping[int, list[int]]) -> dict:
     """Metrics rows (every destination, sorted by name, country, id), the unbooked, the totals."""
     metrics = []
     for dest_id in sorted(destinations, key=lambda i: (*destinations[i], i)):

@@ -21,7 +21,7 @@ LAMBDA_DIR = REPO / "lambda"
 LAMBDA_FILE = LAMBDA_DIR / "lambda_function.py"
 GOLDEN = HERE / "golden_export"
 PREFIX = "exports/"  # the golden export's S3_PREFIX
-DAY, GZIP_DAY = "2026-11-26", "2026-11-27"  # zip and gzip
+DAY, GZIP_DAY, PARQUET_DAY = "2026-11-26", "2026-11-27", "2026-11-28"  # zip, gzip, Parquet (same data)
 EXPECTED = json.loads((GOLDEN / "expected_metrics.json").read_text(encoding="utf-8"))
 EVENTS = HERE / "events"
 

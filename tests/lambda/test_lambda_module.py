@@ -17,6 +17,8 @@ from .support import DAY, EXPECTED, LAMBDA_DIR, LAMBDA_FILE, PREFIX, REPO, load_
 
 ALLOWED_IMPORTS = {"pandas", "numpy", "boto3", "botocore"}
 OPTIONAL_IMPORTS = {"dotenv"}  # local runs only, inside `with suppress(ImportError)`
+# Parquet exports only, inside `try: ... except ImportError:` that turns its absence into one error.
+PARQUET_IMPORTS = {"pyarrow"}
 
 
 def test_lambda_is_at_most_500_lines():
@@ -25,10 +27,13 @@ def test_lambda_is_at_most_500_lines():
 
 def test_lambda_imports_only_stdlib_pandas_and_boto3():
     tree = ast.parse(LAMBDA_FILE.read_text(encoding="utf-8"))
-    guarded = set()
+    guarded, caught = set(), set()
     for node in ast.walk(tree):
         if isinstance(node, ast.With) and "suppress(ImportError)" in ast.unparse(node.items[0]):
             guarded.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+        if isinstance(node, ast.Try) and any(ast.unparse(h.type) == "ImportError" for h in node.handlers):
+            assert all(isinstance(h.body[0], ast.Raise) for h in node.handlers), "a missing pyarrow must fail clearly"
+            caught.update(id(n) for stmt in node.body for n in ast.walk(stmt))
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
@@ -42,12 +47,16 @@ def test_lambda_imports_only_stdlib_pandas_and_boto3():
             if top in OPTIONAL_IMPORTS:
                 assert id(node) in guarded, f"{name} must be optional"
                 continue
+            if top in PARQUET_IMPORTS:
+                assert id(node) in caught, f"{name} must be imported where its absence is one clear error"
+                continue
             assert top in sys.stdlib_module_names or top in ALLOWED_IMPORTS, f"lambda_function imports {name}"
 
 
-def test_lambda_has_one_reader_and_one_cents_conversion():
+def test_lambda_has_one_reader_per_format_and_one_cents_conversion():
     source = LAMBDA_FILE.read_text(encoding="utf-8")
-    assert source.count("pd.read_csv(") == 1 and "pyarrow" not in source.replace("with or without pyarrow", "")
+    assert source.count("pd.read_csv(") == 1 and source.count(".iter_batches(") == 1
+    assert "pyarrow.csv" not in source and "read_parquet" not in source and "to_pandas" not in source
     for gone in ("decimal_cents", "arrow_cents", "fast_cents", "regex_cents", "parse_cents"):
         assert gone not in source
     assert re.findall(r"^def (\w*cents\w*)", source, re.MULTILINE) == ["to_cents", "format_cents"]
