@@ -32,9 +32,6 @@ pytest.importorskip("cfnlint")
 
 TEMPLATE = REPO / "lambda" / "athena.yaml"
 PREFIX = "exports/"
-# The same snapshots as CSV: what the Lambda reads (it reads no Parquet yet; with Parquet
-# support, lambda_metrics() would read PREFIX itself).
-CSV_PREFIX = "csv-exports/"
 DAYS = ("2026-11-24", "2026-11-25", "2026-11-26")
 BATCH_SIZE = "2"  # several objects per table and day
 # The largest total one booking may have (travel.sql's booking_total_value_limit), as
@@ -144,9 +141,9 @@ def database_metrics(url: str) -> list[tuple]:
 # Stage 4, and what Athena would read
 
 
-def export(monkeypatch, day: str, export_format: str, prefix: str) -> None:
-    monkeypatch.setenv("EXPORT_FORMAT", export_format)
-    monkeypatch.setenv("S3_PREFIX", prefix)
+def export(monkeypatch, day: str) -> None:
+    monkeypatch.setenv("EXPORT_FORMAT", "parquet")
+    monkeypatch.setenv("S3_PREFIX", PREFIX)
     assert stage.main(["--date", day]) == 0
 
 
@@ -190,26 +187,25 @@ def as_metrics(rows: list[tuple]) -> list[tuple]:
 
 
 def lambda_metrics(module, bucket: str, day: str) -> list[tuple]:
-    result = module.compute_metrics(module.s3_client(), bucket, CSV_PREFIX, day)
+    """The Lambda's metrics of the same Parquet export (it resolves the day by the manifest)."""
+    result = module.compute_metrics(module.s3_client(), bucket, PREFIX, day)
     return [tuple(row[name] for name in METRIC_COLUMNS) for row in result["metrics"]]
 
 
 @pytest.fixture
 def exported(schema_db, s3_bucket, monkeypatch, tmp_path):
-    """Three days: each day's changes, then stage 4 as Parquet (and as CSV for the Lambda);
-    the symlinked objects fetched. Returns (bucket, folder, {day: database metrics},
+    """Three days: each day's changes, then stage 4 as Parquet (the last day twice); the
+    symlinked objects fetched. Returns (bucket, folder, {day: database metrics},
     {day: {table: keys}})."""
     monkeypatch.setenv("EXPORT_BATCH_SIZE", BATCH_SIZE)
     folder, truth, listed = tmp_path / "athena", {}, {}
     for day in DAYS:
         execute(schema_db, CHANGES[day])
         truth[day] = database_metrics(schema_db)
-        export(monkeypatch, day, "parquet", PREFIX)
-        export(monkeypatch, day, "csv", CSV_PREFIX)
+        export(monkeypatch, day)
     execute(schema_db, REEXPORT)
     truth[DAYS[-1]] = database_metrics(schema_db)
-    export(monkeypatch, DAYS[-1], "parquet", PREFIX)
-    export(monkeypatch, DAYS[-1], "csv", CSV_PREFIX)
+    export(monkeypatch, DAYS[-1])
     for day in DAYS:  # after every export: each day still reads as its own run
         listed[day] = fetch_symlinked(s3_bucket, day, folder)
     return s3_bucket, folder, truth, listed
