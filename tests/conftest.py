@@ -27,14 +27,15 @@ sys.path.insert(0, str(REPO / "tests"))
 import services  # noqa: E402
 
 # Variables the pipeline reads: cleared for every test so the developer's shell or .env
-# never leaks into a test.
+# never leaks into a test. LOAD_CHUNK_ROWS is left alone on purpose: no outcome may depend
+# on it, so `LOAD_CHUNK_ROWS=7 python -m pytest` runs any test at a tiny chunk size.
 PIPELINE_VARIABLES = (
     "DATABASE_URL", "PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSSLMODE",
     "PGSERVICE", "PGPASSFILE", "DB_SECRET_ID", "STRICT_SECURITY",
     "CUSTOMER_CSV_URL", "DESTINATION_CSV_URL", "BOOKING_CSV_URL", "DOWNLOAD_DIR", "REJECTS_DIR",
     "MAX_REJECT_RATE", "DOWNLOAD_TIMEOUT", "DOWNLOAD_RETRIES", "DOWNLOAD_BACKOFF", "DOWNLOAD_ALLOW_UNSIZED",
     "S3_BUCKET_NAME", "S3_PREFIX", "RESULTS_PREFIX", "EXPORT_BATCH_SIZE", "EXPORT_COMPRESSION",
-    "EXPORT_COMPRESSION_LEVEL", "S3_SSE", "S3_KMS_KEY_ID",
+    "EXPORT_COMPRESSION_LEVEL", "EXPORT_FORMAT", "S3_SSE", "S3_KMS_KEY_ID",
     "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_SECRETS_MANAGER",
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
 )

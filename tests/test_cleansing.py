@@ -37,9 +37,9 @@ def booking(**fields):
 
 
 def cleanse_booking_rows(*rows, known_customers=(1, 2, 3)):
-    table = stage.cleanse_bookings(raw(BOOKING_HEADER, *rows))
-    stage.resolve_bookings(table, DESTINATIONS, known_customers)
-    return table
+    """The booking rules on `rows`, DESTINATIONS and `known_customers` stored already."""
+    files = {"customer": raw(CUSTOMER_HEADER), "destination": raw(DESTINATION_HEADER), "booking": raw(BOOKING_HEADER, *rows)}
+    return stage.cleanse_all(files, DESTINATIONS, known_customers)["booking"]
 
 
 def reason_code(table, row=0):

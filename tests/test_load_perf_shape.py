@@ -3,7 +3,6 @@ a reload sends only new or changed rows, and neither changes what ends up stored
 
 from __future__ import annotations
 
-import pyarrow as pa
 from conftest import query, write_csv
 
 import transform_load_csv_data as stage
@@ -126,13 +125,3 @@ def test_load_perf_shape_dry_run_on_loaded_database_changes_nothing(schema_db, t
     assert rows_with_versions(schema_db) == before
     assert query(schema_db, "SELECT count(*) FROM load_run") == [(1,)]
 
-
-def test_load_perf_shape_copy_stream_serves_any_read_size():
-    rows = pa.table({"a": pa.array(range(250_001), pa.int64()), "b": pa.array(["x,\"y\""] * 250_001)})
-    whole = stage.CsvStream(rows).read()
-    stream, pieces = stage.CsvStream(rows), []
-    while piece := stream.read(65_536):
-        pieces.append(piece)
-
-    assert b"".join(pieces) == whole
-    assert whole.count(b"\n") == 250_001 and whole.startswith(b'0,"x,""y"""\n')

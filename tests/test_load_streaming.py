@@ -1,0 +1,193 @@
+"""Stage 3's streaming parts on their own: the chunked reader, the cross-chunk state of the
+duplicate rules, the merge of the rejects, and the database thread's queue.
+
+Each is checked against a plain model (a whole-file read, a dict, a sort) at many chunk sizes.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+import cleansing
+import transform_load_csv_data as stage
+
+HEADER = "booking_id,customer_id,booking_date,destination,number_of_passengers,cost_per_passenger\n"
+
+
+def chunked(path, rows):
+    return list(stage.read_chunks(path, "booking", "utf-8", rows))
+
+
+def as_records(frames):
+    whole = pd.concat(frames, ignore_index=True)
+    return whole.astype(object).where(whole.notna(), None).to_dict("records")
+
+
+# ---------------------------------------------------------------------------------------
+# Reading in chunks
+
+
+def test_load_streaming_chunks_number_records_like_the_whole_file(tmp_path):
+    # Malformed records first, last, side by side and at chunk edges; an empty line (not a record).
+    lines = ["1,1,2023-06-02,Paris,1,1", "short,row", "2,1,2023-06-02,Paris,1,1", "3,1,x,y,z,w,extra",
+             "", "4,1,2023-06-02,Paris,1,1", "5,1,2023-06-02,Paris,1,1", "6", "7", "8,1,2023-06-02,Paris,1,1", "9"]
+    path = tmp_path / "booking.csv"
+    path.write_text(HEADER + "\n".join(lines) + "\n")
+    whole = as_records(chunked(path, 1_000))
+
+    assert [r["source_row"] for r in whole] == list(range(1, 11))
+    assert [r["source_row"] for r in whole if r.get("raw_record")] == [2, 4, 7, 8, 10]
+    for rows in range(1, 8):
+        frames = chunked(path, rows)
+        assert as_records(frames) == whole, rows
+        assert all(len(f["raw_record"].dropna()) + f["raw_record"].isna().sum() == len(f) for f in frames if "raw_record" in f)
+
+
+def test_load_streaming_header_only_file_gives_one_empty_chunk(tmp_path):
+    path = tmp_path / "booking.csv"
+    path.write_text(HEADER)
+    frames = chunked(path, 7)
+    assert len(frames) == 1 and frames[0].empty and list(frames[0].columns)[0] == "source_row"
+
+
+def test_load_streaming_value_larger_than_a_block_at_a_chunk_edge(tmp_path):
+    big = "x" * (3 * stage.READ_BLOCK_BYTES)
+    lines = [f"{i},1,2023-06-02,Paris,1,1" for i in range(1, 6)] + [f'6,1,2023-06-02,"{big}",1,1', "7,1,2023-06-02,Paris,1,1"]
+    path = tmp_path / "booking.csv"
+    path.write_text(HEADER + "\n".join(lines) + "\n")
+    for rows in (1, 2, 5, 6, 100):
+        records = as_records(chunked(path, rows))
+        assert [r["booking_id"] for r in records] == [str(i) for i in range(1, 8)], rows
+        assert records[5]["destination"] == big
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kinds=st.lists(st.sampled_from(["good", "short", "long", "empty"]), max_size=30), rows=st.integers(1, 9))
+def test_load_streaming_any_chunk_size_reads_the_same_records(tmp_path, kinds, rows):
+    texts = {"good": "1,2,2023-06-02,Paris,1,1", "short": "1,2", "long": "1,2,3,4,5,6,7", "empty": ""}
+    path = tmp_path / "booking.csv"
+    path.write_text(HEADER + "\n".join(texts[k] for k in kinds) + "\n")
+    assert as_records(chunked(path, rows)) == as_records(chunked(path, 1_000))
+
+
+# ---------------------------------------------------------------------------------------
+# The duplicate rules' state
+
+
+def first_rows_model(batches):
+    """The plain model: a dict of the first row of every key, over all batches."""
+    first, out = {}, []
+    for keys, rows in batches:
+        for key, row in zip(zip(*keys), rows):
+            first.setdefault(key, row)
+            out.append(first[key])
+    return out
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(values=st.lists(st.tuples(st.integers(-3, 3), st.integers(0, 2)), max_size=120),
+       sizes=st.lists(st.integers(1, 9), min_size=1, max_size=40), two_parts=st.booleans())
+@example(values=[(1, 0), (1, 1), (1, 0), (1, 2), (1, 1)], sizes=[1], two_parts=True)  # equal first halves
+def test_load_streaming_first_seen_agrees_with_a_dict(values, sizes, two_parts):
+    seen, batches, start, row = cleansing.FirstSeen(), [], 0, 1
+    got = []
+    while start < len(values):
+        size = sizes[len(batches) % len(sizes)]
+        part = values[start:start + size]
+        keys = tuple(np.array([v[i] for v in part], dtype=np.int64) for i in range(2 if two_parts else 1))
+        rows = np.arange(row, row + len(part), dtype=np.int64)
+        batches.append((keys, rows))
+        got.extend(seen.first_rows(keys, rows).tolist())
+        start, row = start + size, row + len(part)
+    assert got == first_rows_model(batches)
+
+
+def test_load_streaming_first_seen_keeps_few_runs():
+    seen = cleansing.FirstSeen()
+    for start in range(0, 100_000, 1_000):
+        keys = np.arange(start, start + 1_000, dtype=np.int64)
+        seen.first_rows((keys,), keys + 1)
+    assert len(seen._runs) <= 8
+    assert seen.first_rows((np.array([5, 99_999, 100_000]),), np.array([200_001, 200_002, 200_003])).tolist() == [
+        6, 100_000, 200_003]
+
+
+# ---------------------------------------------------------------------------------------
+# Rejects merged from two ordered streams
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(st.lists(st.integers(1, 200), unique=True, max_size=60), st.lists(st.booleans(), max_size=60),
+       st.integers(1, 7))
+def test_load_streaming_merge_by_row_gives_source_row_order(rows, sides, size):
+    rows = sorted(rows)
+    a = [r for r, s in zip(rows, sides + [True] * len(rows)) if s]
+    b = [r for r in rows if r not in a]
+
+    def frames(values):
+        for start in range(0, len(values), size):
+            yield pd.DataFrame({"source_row": values[start:start + size]})
+
+    merged = list(stage.merge_by_row(frames(a), frames(b)))
+    got = pd.concat(merged)["source_row"].tolist() if merged else []
+    assert got == rows
+
+
+# ---------------------------------------------------------------------------------------
+# The database thread
+
+
+class FakeConnection:
+    """Only what Database needs from a connection; the jobs below never use the cursor."""
+
+    def cursor(self):
+        import contextlib
+
+        return contextlib.nullcontext(None)
+
+    def cancel(self):
+        pass
+
+    def rollback(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_load_streaming_database_queue_holds_the_cleansing_back():
+    db = stage.Database(FakeConnection())
+    release, running = threading.Event(), threading.Event()
+    db.submit(lambda cur: (running.set(), release.wait()))
+    running.wait()
+    for _ in range(stage.QUEUE_DEPTH - 1):
+        db.submit(lambda cur: None)
+    blocked = threading.Thread(target=db.submit, args=(lambda cur: None,))
+    blocked.start()
+    blocked.join(timeout=0.2)
+    assert blocked.is_alive()  # a further chunk waits for a free place
+    release.set()
+    blocked.join()
+    db.end(commit=False)
+
+
+def test_load_streaming_database_failure_skips_the_rest_and_surfaces():
+    db = stage.Database(FakeConnection())
+    ran = []
+
+    def fail(cur):
+        raise ValueError("COPY failed")
+
+    failing = db.submit(fail)
+    with pytest.raises(ValueError):
+        failing.result()
+    with pytest.raises(ValueError, match="COPY failed"):
+        db.submit(lambda cur: ran.append(1))
+    assert ran == []
+    db.end(commit=False)
