@@ -11,9 +11,9 @@ import http.server
 import io
 import json
 import threading
+from collections.abc import Callable
 from datetime import date
 from decimal import Decimal
-from collections.abc import Callable
 from urllib.parse import unquote, urlparse
 
 import boto3
