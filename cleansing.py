@@ -49,7 +49,7 @@ MONTHS = {
 }
 
 
-
+# ---------------------------------------------------------------------------------------
 # The rule machinery: every rule marks rows with a reason; the first reason a row gets wins.
 
 
@@ -139,6 +139,26 @@ class Table:
         return rows
 
 
+class quoted:  # lower-case: reads as a function at the call sites
+    """Source values shown in reject reasons as 'text' (cut to 60 characters), quoted only
+    for the rows that are rejected."""
+
+    def __init__(self, values: pd.Series):
+        self.values = values
+
+    def __getitem__(self, mask: pd.Series) -> list[str]:
+        return ["'" + ("" if pd.isna(v) else str(v))[:60] + "'" for v in self.values[mask]]
+
+
+def as_text(values: pd.Series) -> pa.Array:
+    """A column as the text a file would hold: '' where missing, numbers in decimal."""
+    return pc.fill_null(pa.array(values, from_pandas=True).cast(pa.large_string()), "")
+
+
+# ---------------------------------------------------------------------------------------
+# Rules 1-6: every table
+
+
 def reject_wrong_field_count(table: Table) -> None:
     """Rule wrong_field_count: a record with more or fewer fields than the header is rejected
     whole (read_source keeps its text): a short row must not be filled in with made-up values."""
@@ -171,17 +191,6 @@ def trim_text(values: pd.Series) -> pd.Series:
     text = text.mask(text == "")
     # A clean column (the usual case) shares the source's memory instead of a second copy.
     return values if text.dtype == values.dtype and text.equals(values) else text
-
-
-class quoted:  # lower-case: reads as a function at the call sites
-    """Source values shown in reject reasons as 'text' (cut to 60 characters), quoted only
-    for the rows that are rejected."""
-
-    def __init__(self, values: pd.Series):
-        self.values = values
-
-    def __getitem__(self, mask: pd.Series) -> list[str]:
-        return ["'" + ("" if pd.isna(v) else str(v))[:60] + "'" for v in self.values[mask]]
 
 
 def reject_missing(table: Table, columns: Iterable[str]) -> None:
@@ -250,140 +259,8 @@ def parse_key(table: Table, column: str) -> pd.Series:
     return numbers
 
 
-def reject_duplicates(table: Table, column: str, keys: Keys, code: str, seen: FirstSeen) -> None:
-    """Rules duplicate_key / duplicate_email: among rows that passed every earlier rule, the
-    first occurrence of a value in the file wins (in an earlier chunk or earlier in this
-    one); later ones are rejected naming the row kept. `keys` are one or two int64 arrays per
-    row (an id; the two halves of an e-mail's digest); `seen` remembers the winners."""
-    candidates = table.ok.to_numpy() & keys.present
-    rows = table.raw["source_row"].to_numpy(dtype=np.int64)
-    first = np.zeros(len(rows), dtype=np.int64)
-    first[candidates] = seen.first_rows(tuple(k[candidates] for k in keys.parts), rows[candidates])
-    repeated = candidates & (first != rows)
-    table.reject(pd.Series(repeated, index=table.raw.index), f"{code}: {column} {{}} already at row {{}}",
-                 quoted(table.raw[column]), pd.Series(first, index=table.raw.index))
-
-
-@dataclass
-class Keys:
-    """The values a duplicate rule compares, as int64 arrays (`parts`), and where one is present."""
-
-    parts: tuple[np.ndarray, ...]
-    present: np.ndarray
-
-    @classmethod
-    def of_ids(cls, ids: pd.Series) -> Keys:
-        return cls((ids.fillna(0).to_numpy(dtype=np.int64),), ids.notna().to_numpy())
-
-    @classmethod
-    def of_text(cls, values: pd.Series) -> Keys:
-        """A 128-bit digest of each text (two SipHash halves): equal texts, equal keys; two
-        different addresses share one with a chance of about n²/2¹²⁹ (1e-25 at ten million)."""
-        present = values.notna().to_numpy()
-        text = values.to_numpy(dtype=object, na_value="")
-        halves = tuple(pd.util.hash_array(text, hash_key=key, categorize=False).view(np.int64)
-                       for key in ("data-waddle-key1", "data-waddle-key2"))
-        return cls(halves, present)
-
-
-class FirstSeen:
-    """The first source row of every key accepted so far in a file, about 12 bytes per id
-    (20 per e-mail digest): sorted runs of (key, row), merged like a binary counter, so a
-    chunk searches O(log n) runs and the memory follows the distinct keys, not the rows."""
-
-    def __init__(self):
-        self._runs: list[tuple[tuple[np.ndarray, ...], np.ndarray]] = []
-
-    def first_rows(self, keys: tuple[np.ndarray, ...], rows: np.ndarray) -> np.ndarray:
-        """For each (key, row), rows ascending: the row where the key was first seen, in an
-        earlier call or earlier in this one (its own row if nowhere). Remembers new keys."""
-        first = np.zeros(len(rows), dtype=np.int64)
-        for run_keys, run_rows in self._runs:
-            found, at = find(run_keys, keys)
-            first[found] = run_rows[at[found]]
-        new = first == 0
-        if new.any():
-            fresh_keys = pd.DataFrame({i: k[new] for i, k in enumerate(keys)})
-            fresh_rows = rows[new]
-            repeated = fresh_keys.duplicated(keep="first").to_numpy()
-            if repeated.any():
-                fresh_rows = pd.Series(fresh_rows).groupby([fresh_keys[c] for c in fresh_keys]).transform("min").to_numpy()
-            first[new] = fresh_rows
-            self._add(tuple(k[new][~repeated] for k in keys), rows[new][~repeated])
-        return first
-
-    def _add(self, keys: tuple[np.ndarray, ...], rows: np.ndarray) -> None:
-        order = np.argsort(keys[0], kind="stable")
-        self._runs.append((tuple(k[order] for k in keys), compact_rows(rows[order])))
-        while len(self._runs) > 1 and len(self._runs[-2][1]) <= 2 * len(self._runs[-1][1]):
-            (b_keys, b_rows), (a_keys, a_rows) = self._runs.pop(), self._runs.pop()
-            self._runs.append(merge_runs(a_keys, a_rows, b_keys, b_rows))
-
-
-def find(run_keys: tuple[np.ndarray, ...], keys: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """(found, position) of `keys` in a run sorted by its first part; the other part, when
-    there is one, is compared among the entries sharing the first (nearly always one)."""
-    low = np.searchsorted(run_keys[0], keys[0], "left")
-    high = np.searchsorted(run_keys[0], keys[0], "right")
-    found = high > low
-    if len(keys) == 1 or not found.any():
-        return found, low
-    at = np.minimum(low, len(run_keys[0]) - 1)
-    matched = found & (run_keys[1][at] == keys[1])
-    for i in np.flatnonzero(found & (high - low > 1) & ~matched):  # equal first halves: look further
-        hits = np.flatnonzero(run_keys[1][low[i]:high[i]] == keys[1][i])
-        if hits.size:
-            matched[i], at[i] = True, low[i] + hits[0]
-    return matched, at
-
-
-def merge_runs(a_keys, a_rows, b_keys, b_rows) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-    """Two sorted runs as one, in linear time."""
-    where_b = np.searchsorted(a_keys[0], b_keys[0]) + np.arange(len(b_rows))
-    where_a = np.ones(len(a_rows) + len(b_rows), dtype=bool)
-    where_a[where_b] = False
-    keys = []
-    for a, b in zip(a_keys, b_keys):
-        merged = np.empty(len(a) + len(b), dtype=a.dtype)
-        merged[where_a], merged[where_b] = a, b
-        keys.append(merged)
-    rows = np.empty(len(where_a), dtype=np.result_type(a_rows, b_rows))
-    rows[where_a], rows[where_b] = a_rows, b_rows
-    return tuple(keys), rows
-
-
-def compact_rows(rows: np.ndarray) -> np.ndarray:
-    return rows.astype(np.uint32) if len(rows) and rows.max() < 2**32 else rows
-
-
-@dataclass
-class FileState:
-    """What the rules keep across the chunks of the three files."""
-
-    customer_ids: FirstSeen = field(default_factory=FirstSeen)
-    emails: FirstSeen = field(default_factory=FirstSeen)
-    destination_ids: FirstSeen = field(default_factory=FirstSeen)
-    booking_ids: FirstSeen = field(default_factory=FirstSeen)
-
-
 # ---------------------------------------------------------------------------------------
-# Customer rules
-
-
-def cleanse_customers(raw: pd.DataFrame, state: FileState | None = None) -> Table:
-    """Rules 1-7, duplicate_key and duplicate_email on a chunk of customer.csv (a file's first
-    chunk without `state`)."""
-    state = state or FileState()
-    table = Table("customer", raw)
-    reject_missing(table, NOT_NULL["customer"])
-    reject_nul_bytes(table)
-    ids = parse_key(table, "customer_id")
-    table.clean["email"] = normalise_emails(table.clean["email"])
-    reject_malformed_emails(table)
-    reject_duplicates(table, "customer_id", Keys.of_ids(ids), "duplicate_key", state.customer_ids)
-    reject_duplicates(table, "email", Keys.of_text(table.clean["email"]), "duplicate_email", state.emails)
-    table.clean["customer_id"] = ids
-    return table
+# Rule 7: the values of each table
 
 
 def normalise_emails(emails: pd.Series) -> pd.Series:
@@ -410,25 +287,6 @@ def reject_malformed_emails(table: Table) -> None:
     table.reject(emails.notna() & ~pd.Series(good, index=emails.index), "invalid_email: {}", quoted(table.raw["email"]))
 
 
-# ---------------------------------------------------------------------------------------
-# Destination rules
-
-
-def cleanse_destinations(raw: pd.DataFrame, state: FileState | None = None) -> Table:
-    """Rules 1-7 and duplicate_key on a chunk of destination.csv (a file's first chunk
-    without `state`)."""
-    state = state or FileState()
-    table = Table("destination", raw)
-    reject_missing(table, NOT_NULL["destination"])
-    reject_nul_bytes(table)
-    ids = parse_key(table, "destination_id")
-    table.clean["popular_season"] = normalise_seasons(table.clean["popular_season"])
-    reject_unknown_seasons(table)
-    reject_duplicates(table, "destination_id", Keys.of_ids(ids), "duplicate_key", state.destination_ids)
-    table.clean["destination_id"] = ids
-    return table
-
-
 def normalise_seasons(seasons: pd.Series) -> pd.Series:
     """Rule capitalise_season: 'autumn', 'AUTUMN' -> 'Autumn'; 'Fall' is Autumn."""
     capitalised = seasons.str.capitalize()
@@ -439,43 +297,6 @@ def reject_unknown_seasons(table: Table) -> None:
     """Rule unknown_season: only Spring, Summer, Autumn and Winter are seasons."""
     seasons = table.clean["popular_season"]
     table.reject(seasons.notna() & ~seasons.isin(SEASONS), "unknown_season: {}", quoted(table.raw["popular_season"]))
-
-
-# ---------------------------------------------------------------------------------------
-# Booking rules
-
-
-def cleanse_bookings(raw: pd.DataFrame, destinations: DestinationLookup | None = None,
-                     known_customers: np.ndarray | None = None, state: FileState | None = None) -> Table:
-    """Rules 1-10 and the total on a chunk of booking.csv. A booking without a cost that
-    passes them is left pending (`table.pending`) until complete_pending() gives it the
-    median of the whole file's costs, which are collected in `table.costs` (rule impute_cost)."""
-    destinations = destinations or DestinationLookup(pd.DataFrame({"destination_id": [], "destination": []}))
-    known_customers = np.empty(0, dtype=np.int64) if known_customers is None else known_customers
-    state = state or FileState()
-    table = Table("booking", raw)
-    reject_missing(table, NOT_NULL["booking"])
-    reject_nul_bytes(table)
-    ids = parse_key(table, "booking_id")
-    customer_ids = parse_key(table, "customer_id")
-    table.clean["booking_date"] = parse_dates(table)
-    passengers, passengers_missing = parse_passengers(table)
-    cents, cost_missing = parse_costs(table)
-    table.clean["booking_id"] = ids
-    table.clean["customer_id"] = customer_ids
-    table.clean["number_of_passengers"] = passengers
-    table.clean["cost_cents"] = cents
-    table.clean["passengers_imputed"] = passengers_missing
-    table.clean["cost_imputed"] = cost_missing
-    resolve_destinations(table, destinations)
-    reject_unknown_customers(table, known_customers)
-    reject_duplicates(table, "booking_id", Keys.of_ids(ids), "duplicate_key", state.booking_ids)
-    with_cost = table.ok & ~cost_missing
-    table.costs = cents[with_cost].to_numpy(dtype=np.int64)
-    table.pending = (table.ok & cost_missing).to_numpy()
-    add_total_value(table)
-    table.imputed = (passengers_missing | cost_missing) & table.ok
-    return table
 
 
 _TIME = (
@@ -628,6 +449,10 @@ def parse_costs(table: Table) -> tuple[pd.Series, pd.Series]:
     return int_series(pc.if_else(usable, amount, None), text.index), missing
 
 
+# ---------------------------------------------------------------------------------------
+# Rule 8: destinations by name
+
+
 class DestinationLookup:
     """Destination names (as name_key() folds them) -> ids: the accepted destinations of this
     run and the stored ones it does not redefine."""
@@ -663,6 +488,10 @@ def resolve_destinations(table: Table, destinations: DestinationLookup) -> None:
     table.clean["destination_id"] = ids.astype("Int64")
 
 
+# ---------------------------------------------------------------------------------------
+# Rule 9: customers a booking may name
+
+
 def reject_unknown_customers(table: Table, known: np.ndarray) -> None:
     """Rule unknown_customer: a booking's customer must be loaded (now or before); `known`
     holds their ids, sorted and unique."""
@@ -673,6 +502,120 @@ def reject_unknown_customers(table: Table, known: np.ndarray) -> None:
     found = pd.Series(False, index=ids.index)
     found[present] = (known[at] == wanted) if len(known) else False
     table.reject(present & ~found, "unknown_customer: customer_id {} is not loaded", quoted(table.raw["customer_id"]))
+
+
+# ---------------------------------------------------------------------------------------
+# Rules 10 and 11: duplicates, the first occurrence in the file wins
+
+
+def reject_duplicates(table: Table, column: str, keys: Keys, code: str, seen: FirstSeen) -> None:
+    """Rules duplicate_key / duplicate_email: among rows that passed every earlier rule, the
+    first occurrence of a value in the file wins (in an earlier chunk or earlier in this
+    one); later ones are rejected naming the row kept. `keys` are one or two int64 arrays per
+    row (an id; the two halves of an e-mail's digest); `seen` remembers the winners."""
+    candidates = table.ok.to_numpy() & keys.present
+    rows = table.raw["source_row"].to_numpy(dtype=np.int64)
+    first = np.zeros(len(rows), dtype=np.int64)
+    first[candidates] = seen.first_rows(tuple(k[candidates] for k in keys.parts), rows[candidates])
+    repeated = candidates & (first != rows)
+    table.reject(pd.Series(repeated, index=table.raw.index), f"{code}: {column} {{}} already at row {{}}",
+                 quoted(table.raw[column]), pd.Series(first, index=table.raw.index))
+
+
+@dataclass
+class Keys:
+    """The values a duplicate rule compares, as int64 arrays (`parts`), and where one is present."""
+
+    parts: tuple[np.ndarray, ...]
+    present: np.ndarray
+
+    @classmethod
+    def of_ids(cls, ids: pd.Series) -> Keys:
+        return cls((ids.fillna(0).to_numpy(dtype=np.int64),), ids.notna().to_numpy())
+
+    @classmethod
+    def of_text(cls, values: pd.Series) -> Keys:
+        """A 128-bit digest of each text (two SipHash halves): equal texts, equal keys; two
+        different addresses share one with a chance of about n²/2¹²⁹ (1e-25 at ten million)."""
+        present = values.notna().to_numpy()
+        text = values.to_numpy(dtype=object, na_value="")
+        halves = tuple(pd.util.hash_array(text, hash_key=key, categorize=False).view(np.int64)
+                       for key in ("data-waddle-key1", "data-waddle-key2"))
+        return cls(halves, present)
+
+
+class FirstSeen:
+    """The first source row of every key accepted so far in a file, about 12 bytes per id
+    (20 per e-mail digest): sorted runs of (key, row), merged like a binary counter, so a
+    chunk searches O(log n) runs and the memory follows the distinct keys, not the rows."""
+
+    def __init__(self):
+        self._runs: list[tuple[tuple[np.ndarray, ...], np.ndarray]] = []
+
+    def first_rows(self, keys: tuple[np.ndarray, ...], rows: np.ndarray) -> np.ndarray:
+        """For each (key, row), rows ascending: the row where the key was first seen, in an
+        earlier call or earlier in this one (its own row if nowhere). Remembers new keys."""
+        first = np.zeros(len(rows), dtype=np.int64)
+        for run_keys, run_rows in self._runs:
+            found, at = find(run_keys, keys)
+            first[found] = run_rows[at[found]]
+        new = first == 0
+        if new.any():
+            fresh_keys = pd.DataFrame({i: k[new] for i, k in enumerate(keys)})
+            fresh_rows = rows[new]
+            repeated = fresh_keys.duplicated(keep="first").to_numpy()
+            if repeated.any():
+                fresh_rows = pd.Series(fresh_rows).groupby([fresh_keys[c] for c in fresh_keys]).transform("min").to_numpy()
+            first[new] = fresh_rows
+            self._add(tuple(k[new][~repeated] for k in keys), rows[new][~repeated])
+        return first
+
+    def _add(self, keys: tuple[np.ndarray, ...], rows: np.ndarray) -> None:
+        order = np.argsort(keys[0], kind="stable")
+        self._runs.append((tuple(k[order] for k in keys), compact_rows(rows[order])))
+        while len(self._runs) > 1 and len(self._runs[-2][1]) <= 2 * len(self._runs[-1][1]):
+            (b_keys, b_rows), (a_keys, a_rows) = self._runs.pop(), self._runs.pop()
+            self._runs.append(merge_runs(a_keys, a_rows, b_keys, b_rows))
+
+
+def find(run_keys: tuple[np.ndarray, ...], keys: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(found, position) of `keys` in a run sorted by its first part; the other part, when
+    there is one, is compared among the entries sharing the first (nearly always one)."""
+    low = np.searchsorted(run_keys[0], keys[0], "left")
+    at = np.minimum(low, len(run_keys[0]) - 1)
+    found = run_keys[0][at] == keys[0]
+    if len(keys) == 1 or not found.any():
+        return found, at
+    matched = found & (run_keys[1][at] == keys[1])
+    for i in np.flatnonzero(found & ~matched):  # equal first halves, other second: look further
+        high = np.searchsorted(run_keys[0], keys[0][i], "right")
+        hits = np.flatnonzero(run_keys[1][low[i]:high] == keys[1][i])
+        if hits.size:
+            matched[i], at[i] = True, low[i] + hits[0]
+    return matched, at
+
+
+def merge_runs(a_keys, a_rows, b_keys, b_rows) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """Two sorted runs as one, in linear time."""
+    where_b = np.searchsorted(a_keys[0], b_keys[0]) + np.arange(len(b_rows))
+    where_a = np.ones(len(a_rows) + len(b_rows), dtype=bool)
+    where_a[where_b] = False
+    keys = []
+    for a, b in zip(a_keys, b_keys):
+        merged = np.empty(len(a) + len(b), dtype=a.dtype)
+        merged[where_a], merged[where_b] = a, b
+        keys.append(merged)
+    rows = np.empty(len(where_a), dtype=np.result_type(a_rows, b_rows))
+    rows[where_a], rows[where_b] = a_rows, b_rows
+    return tuple(keys), rows
+
+
+def compact_rows(rows: np.ndarray) -> np.ndarray:
+    return rows.astype(np.uint32) if len(rows) and rows.max() < 2**32 else rows
+
+
+# ---------------------------------------------------------------------------------------
+# Rules 13 and 14 (rule 12, email_in_use, compares with the stored customers: stage 3 applies it in PostgreSQL)
 
 
 def complete_pending(pending: Table, median: int | None) -> Table:
@@ -724,9 +667,87 @@ def cents_to_text(cents: pd.Series) -> pd.Series:
     return pd.Series(text, index=cents.index, dtype=pd.StringDtype("pyarrow", na_value=np.nan))
 
 
+# ---------------------------------------------------------------------------------------
+# The three files, chunk by chunk
+
+
+@dataclass
+class FileState:
+    """What the rules keep across the chunks of the three files."""
+
+    customer_ids: FirstSeen = field(default_factory=FirstSeen)
+    emails: FirstSeen = field(default_factory=FirstSeen)
+    destination_ids: FirstSeen = field(default_factory=FirstSeen)
+    booking_ids: FirstSeen = field(default_factory=FirstSeen)
+
+
+def cleanse_customers(raw: pd.DataFrame, state: FileState | None = None) -> Table:
+    """Rules 1-7, duplicate_key and duplicate_email on a chunk of customer.csv (a file's first
+    chunk without `state`)."""
+    state = state or FileState()
+    table = Table("customer", raw)
+    reject_missing(table, NOT_NULL["customer"])
+    reject_nul_bytes(table)
+    ids = parse_key(table, "customer_id")
+    table.clean["email"] = normalise_emails(table.clean["email"])
+    reject_malformed_emails(table)
+    reject_duplicates(table, "customer_id", Keys.of_ids(ids), "duplicate_key", state.customer_ids)
+    reject_duplicates(table, "email", Keys.of_text(table.clean["email"]), "duplicate_email", state.emails)
+    table.clean["customer_id"] = ids
+    return table
+
+
+def cleanse_destinations(raw: pd.DataFrame, state: FileState | None = None) -> Table:
+    """Rules 1-7 and duplicate_key on a chunk of destination.csv (a file's first chunk
+    without `state`)."""
+    state = state or FileState()
+    table = Table("destination", raw)
+    reject_missing(table, NOT_NULL["destination"])
+    reject_nul_bytes(table)
+    ids = parse_key(table, "destination_id")
+    table.clean["popular_season"] = normalise_seasons(table.clean["popular_season"])
+    reject_unknown_seasons(table)
+    reject_duplicates(table, "destination_id", Keys.of_ids(ids), "duplicate_key", state.destination_ids)
+    table.clean["destination_id"] = ids
+    return table
+
+
+def cleanse_bookings(raw: pd.DataFrame, destinations: DestinationLookup | None = None,
+                     known_customers: np.ndarray | None = None, state: FileState | None = None) -> Table:
+    """Rules 1-10 and the total on a chunk of booking.csv. A booking without a cost that
+    passes them is left pending (`table.pending`) until complete_pending() gives it the
+    median of the whole file's costs, which are collected in `table.costs` (rule impute_cost)."""
+    destinations = destinations or DestinationLookup(pd.DataFrame({"destination_id": [], "destination": []}))
+    known_customers = np.empty(0, dtype=np.int64) if known_customers is None else known_customers
+    state = state or FileState()
+    table = Table("booking", raw)
+    reject_missing(table, NOT_NULL["booking"])
+    reject_nul_bytes(table)
+    ids = parse_key(table, "booking_id")
+    customer_ids = parse_key(table, "customer_id")
+    table.clean["booking_date"] = parse_dates(table)
+    passengers, passengers_missing = parse_passengers(table)
+    cents, cost_missing = parse_costs(table)
+    table.clean["booking_id"] = ids
+    table.clean["customer_id"] = customer_ids
+    table.clean["number_of_passengers"] = passengers
+    table.clean["cost_cents"] = cents
+    table.clean["passengers_imputed"] = passengers_missing
+    table.clean["cost_imputed"] = cost_missing
+    resolve_destinations(table, destinations)
+    reject_unknown_customers(table, known_customers)
+    reject_duplicates(table, "booking_id", Keys.of_ids(ids), "duplicate_key", state.booking_ids)
+    with_cost = table.ok & ~cost_missing
+    table.costs = cents[with_cost].to_numpy(dtype=np.int64)
+    table.pending = (table.ok & cost_missing).to_numpy()
+    add_total_value(table)
+    table.imputed = (passengers_missing | cost_missing) & table.ok
+    return table
+
+
 def cleanse_all(
     raw: dict[str, pd.DataFrame], stored_destinations: pd.DataFrame | None = None,
-    stored_customer_ids: Iterable[int] = (), chunk_rows: int = 100_000,
+    stored_customer_ids: Iterable[int] = (), chunk_rows: int = 50_000,
 ) -> dict[str, Table]:
     """Every rule but email_in_use (which needs the stored customers), in the README's order,
     on the three files' whole frames, chunk by chunk as stage 3 runs them: {table: Table},
@@ -764,8 +785,7 @@ def chunks(frame: pd.DataFrame, rows: int) -> Iterator[pd.DataFrame]:
 
 
 # ---------------------------------------------------------------------------------------
-# Summary and rejects
-
+# Summary
 
 
 @dataclass
@@ -804,9 +824,3 @@ def repaired_rows(table: Table) -> pd.Series:
         differs = pc.not_equal(as_text(table.raw[column]), as_text(table.clean[column]))
         changed |= differs.to_numpy(zero_copy_only=False)
     return pd.Series(changed, index=table.raw.index)
-
-
-def as_text(values: pd.Series) -> pa.Array:
-    """A column as the text a file would hold: '' where missing, numbers in decimal."""
-    return pc.fill_null(pa.array(values, from_pandas=True).cast(pa.large_string()), "")
-

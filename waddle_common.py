@@ -248,7 +248,7 @@ class Settings:
             export_compression_level=_env_number(env, "EXPORT_COMPRESSION_LEVEL", 6, int,
                                                  "a whole number from 0 to 9", lambda v: 0 <= v <= 9),
             export_format=env.get("EXPORT_FORMAT", "").strip().lower() or "csv",
-            load_chunk_rows=_env_number(env, "LOAD_CHUNK_ROWS", 100_000, int,
+            load_chunk_rows=_env_number(env, "LOAD_CHUNK_ROWS", 50_000, int,
                                         "a whole number from 1 to 10000000", lambda v: 1 <= v <= 10_000_000),
             s3_sse=env.get("S3_SSE", "").strip() or "AES256",
             s3_kms_key_id=env.get("S3_KMS_KEY_ID", "").strip(),

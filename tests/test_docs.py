@@ -45,3 +45,27 @@ def test_docs_every_variable_the_code_reads_is_in_env_example():
 def test_docs_every_stage_has_help(script):
     result = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--env-file" in result.stdout
+
+
+def rules_table_functions() -> list[str]:
+    """The Function column of README's cleansing-rules table, in table order."""
+    start = README.index("| # | Rule | Function |")
+    rows = README[start:README.index("\n\n", start)].splitlines()[2:]
+    return [name for row in rows for name in re.findall(r"`([a-z_]+)`", row.split(" | ")[2])]
+
+
+def test_docs_each_rule_names_a_function_of_cleansing_in_the_tables_order():
+    import ast
+
+    import cleansing
+
+    source = (REPO / "cleansing.py").read_text()
+    lines = {node.name: node.lineno for node in ast.parse(source).body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    named = [name for name in dict.fromkeys(rules_table_functions()) if name != "reject_emails_in_use"]
+    assert all(callable(getattr(cleansing, name, None)) for name in named), named
+    assert [lines[name] for name in named] == sorted(lines[name] for name in named)
+    # Rule 12 needs the stored customers: it is SQL, in the stage.
+    import transform_load_csv_data as stage
+
+    assert callable(stage.reject_emails_in_use)
+    assert "reject_emails_in_use" in rules_table_functions()
