@@ -191,3 +191,56 @@ def test_load_streaming_database_failure_skips_the_rest_and_surfaces():
         db.submit(lambda cur: ran.append(1))
     assert ran == []
     db.end(commit=False)
+
+
+# ---------------------------------------------------------------------------------------
+# Failures part-way through the stream, on a real PostgreSQL
+
+
+def dataset(folder, bookings: int):
+    from conftest import write_csv
+
+    write_csv(folder / "destination.csv", "destination_id,destination,country,popular_season\n1,Paris,France,Spring\n")
+    write_csv(folder / "customer.csv", "customer_id,first_name,last_name,email,phone\n"
+              + "".join(f"{i},A,B,c{i}@example.com,\n" for i in range(1, 31)))
+    write_csv(folder / "booking.csv", HEADER + "".join(
+        f"{i},{i % 30 + 1},2023-06-02,Paris,2,{'' if i % 5 == 0 else '10.25'}\n" for i in range(1, bookings + 1)))
+    return folder
+
+
+def test_load_streaming_a_chunk_the_database_refuses_rolls_back_every_chunk(schema_db, tmp_path, monkeypatch, capsys):
+    from conftest import query
+
+    # A row PostgreSQL refuses in a late chunk (a trigger stands for any failure there): the
+    # chunks stored before it go too, the database thread stops, and no audit row remains.
+    query(schema_db, """
+        CREATE FUNCTION refuse_booking() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN IF NEW.booking_id = 60 THEN RAISE EXCEPTION 'refused booking 60'; END IF; RETURN NEW; END $$;
+        CREATE TRIGGER refuse BEFORE INSERT ON booking FOR EACH ROW EXECUTE FUNCTION refuse_booking();
+    """)
+    monkeypatch.setenv("LOAD_CHUNK_ROWS", "7")
+    data = dataset(tmp_path / "data", 70)
+
+    code = stage.main(["--data-dir", str(data), "--rejects-dir", str(tmp_path / "rejects")])
+
+    assert code == 1
+    assert "refused booking 60" in capsys.readouterr().err
+    assert query(schema_db, "SELECT (SELECT count(*) FROM customer), (SELECT count(*) FROM booking), "
+                            "(SELECT count(*) FROM load_run)") == [(0, 0, 0)]
+    assert [t.name for t in threading.enumerate() if t.name.startswith("waddle-db")] == []
+
+
+def test_load_streaming_pending_bookings_are_completed_after_the_last_chunk(schema_db, tmp_path, monkeypatch):
+    from conftest import query
+
+    # Every fifth booking has no cost: each waits for the median of all 70, across 10 chunks.
+    monkeypatch.setenv("LOAD_CHUNK_ROWS", "7")
+    data = dataset(tmp_path / "data", 70)
+
+    assert stage.main(["--data-dir", str(data), "--rejects-dir", str(tmp_path / "rejects")]) == 0
+
+    imputed = query(schema_db, "SELECT count(*), min(cost_per_passenger)::text, max(total_booking_value)::text "
+                               "FROM booking WHERE cost_imputed")
+    assert imputed == [(14, "10.25", "20.50")]
+    assert query(schema_db, "SELECT rows_read, rows_loaded, rows_imputed FROM load_run_table "
+                            "WHERE table_name = 'booking'") == [(70, 70, 14)]
