@@ -544,10 +544,13 @@ class Keys:
         return cls(halves, present)
 
 
+MAX_RUN = 1 << 20  # entries: a merge never holds more than two runs of this size twice over
+
+
 class FirstSeen:
     """The first source row of every key accepted so far in a file, about 12 bytes per id
-    (20 per e-mail digest): sorted runs of (key, row), merged like a binary counter, so a
-    chunk searches O(log n) runs and the memory follows the distinct keys, not the rows."""
+    (20 per e-mail digest): sorted runs of (key, row), merged like a binary counter up to
+    MAX_RUN entries, so a chunk searches few runs and the memory follows the distinct keys."""
 
     def __init__(self):
         self._runs: list[tuple[tuple[np.ndarray, ...], np.ndarray]] = []
@@ -573,7 +576,8 @@ class FirstSeen:
     def _add(self, keys: tuple[np.ndarray, ...], rows: np.ndarray) -> None:
         order = np.argsort(keys[0], kind="stable")
         self._runs.append((tuple(k[order] for k in keys), compact_rows(rows[order])))
-        while len(self._runs) > 1 and len(self._runs[-2][1]) <= 2 * len(self._runs[-1][1]):
+        while len(self._runs) > 1 and len(self._runs[-2][1]) <= min(2 * len(self._runs[-1][1]),
+                                                                      MAX_RUN - len(self._runs[-1][1])):
             (b_keys, b_rows), (a_keys, a_rows) = self._runs.pop(), self._runs.pop()
             self._runs.append(merge_runs(a_keys, a_rows, b_keys, b_rows))
 

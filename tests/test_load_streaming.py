@@ -92,11 +92,21 @@ def first_rows_model(batches):
 
 @settings(max_examples=200, deadline=None, derandomize=True)
 @given(values=st.lists(st.tuples(st.integers(-3, 3), st.integers(0, 2)), max_size=120),
-       sizes=st.lists(st.integers(1, 9), min_size=1, max_size=40), two_parts=st.booleans())
-@example(values=[(1, 0), (1, 1), (1, 0), (1, 2), (1, 1)], sizes=[1], two_parts=True)  # equal first halves
-def test_load_streaming_first_seen_agrees_with_a_dict(values, sizes, two_parts):
+       sizes=st.lists(st.integers(1, 9), min_size=1, max_size=40), two_parts=st.booleans(),
+       max_run=st.sampled_from([3, 8, cleansing.MAX_RUN]))
+@example(values=[(1, 0), (1, 1), (1, 0), (1, 2), (1, 1)], sizes=[1], two_parts=True, max_run=8)  # equal first halves
+def test_load_streaming_first_seen_agrees_with_a_dict(values, sizes, two_parts, max_run):
     seen, batches, start, row = cleansing.FirstSeen(), [], 0, 1
     got = []
+    default, cleansing.MAX_RUN = cleansing.MAX_RUN, max_run  # capped runs: several stay apart
+    try:
+        check_first_seen(seen, batches, values, sizes, two_parts, got, start, row)
+    finally:
+        cleansing.MAX_RUN = default
+    assert got == first_rows_model(batches)
+
+
+def check_first_seen(seen, batches, values, sizes, two_parts, got, start, row):
     while start < len(values):
         size = sizes[len(batches) % len(sizes)]
         part = values[start:start + size]
@@ -105,7 +115,6 @@ def test_load_streaming_first_seen_agrees_with_a_dict(values, sizes, two_parts):
         batches.append((keys, rows))
         got.extend(seen.first_rows(keys, rows).tolist())
         start, row = start + size, row + len(part)
-    assert got == first_rows_model(batches)
 
 
 def test_load_streaming_first_seen_keeps_few_runs():
