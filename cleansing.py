@@ -685,14 +685,19 @@ class FileState:
     booking_ids: FirstSeen = field(default_factory=FirstSeen)
 
 
+def rules_of_every_table(name: str, raw: pd.DataFrame) -> tuple[Table, pd.Series]:
+    """Rules 1-6 on a chunk of `name`.csv: (the table, its keys)."""
+    table = Table(name, raw)  # rules 1-3
+    reject_missing(table, NOT_NULL[name])
+    reject_nul_bytes(table)
+    return table, parse_key(table, common.SCHEMA[name].key)
+
+
 def cleanse_customers(raw: pd.DataFrame, state: FileState | None = None) -> Table:
     """Rules 1-7, duplicate_key and duplicate_email on a chunk of customer.csv (a file's first
     chunk without `state`)."""
     state = state or FileState()
-    table = Table("customer", raw)
-    reject_missing(table, NOT_NULL["customer"])
-    reject_nul_bytes(table)
-    ids = parse_key(table, "customer_id")
+    table, ids = rules_of_every_table("customer", raw)
     table.clean["email"] = normalise_emails(table.clean["email"])
     reject_malformed_emails(table)
     reject_duplicates(table, "customer_id", Keys.of_ids(ids), "duplicate_key", state.customer_ids)
@@ -705,10 +710,7 @@ def cleanse_destinations(raw: pd.DataFrame, state: FileState | None = None) -> T
     """Rules 1-7 and duplicate_key on a chunk of destination.csv (a file's first chunk
     without `state`)."""
     state = state or FileState()
-    table = Table("destination", raw)
-    reject_missing(table, NOT_NULL["destination"])
-    reject_nul_bytes(table)
-    ids = parse_key(table, "destination_id")
+    table, ids = rules_of_every_table("destination", raw)
     table.clean["popular_season"] = normalise_seasons(table.clean["popular_season"])
     reject_unknown_seasons(table)
     reject_duplicates(table, "destination_id", Keys.of_ids(ids), "duplicate_key", state.destination_ids)
@@ -724,10 +726,7 @@ def cleanse_bookings(raw: pd.DataFrame, destinations: DestinationLookup | None =
     destinations = destinations or DestinationLookup(pd.DataFrame({"destination_id": [], "destination": []}))
     known_customers = np.empty(0, dtype=np.int64) if known_customers is None else known_customers
     state = state or FileState()
-    table = Table("booking", raw)
-    reject_missing(table, NOT_NULL["booking"])
-    reject_nul_bytes(table)
-    ids = parse_key(table, "booking_id")
+    table, ids = rules_of_every_table("booking", raw)
     customer_ids = parse_key(table, "customer_id")
     table.clean["booking_date"] = parse_dates(table)
     passengers, passengers_missing = parse_passengers(table)
