@@ -93,9 +93,9 @@ TOOL_NAME = "data-waddle"
 # clients would then unpack them on the fly and the bytes would no longer match sha256.
 COMPRESSIONS = {"zip": (".csv.zip", "application/zip"), "gzip": (".csv.gz", "application/gzip")}
 FORMATS = ("csv", "parquet")
-# A Parquet batch: one file, one row group, compressed with snappy (not zstd, which is 10-15%
-# smaller: the AWS SDK for pandas Lambda layers build Arrow with ARROW_WITH_ZSTD=OFF, so the
-# Lambda could not read it; docs/performance-export.md has the measurements).
+# A Parquet batch: one file, one row group, compressed with snappy (not zstd, 27% smaller on
+# bookings at the same speed: the AWS SDK for pandas Lambda layers build Arrow with
+# ARROW_WITH_ZSTD=OFF, so the Lambda could not read it; docs/performance-export.md measures).
 PARQUET = (".parquet", "application/vnd.apache.parquet")
 PARQUET_CODEC = "snappy"
 # Hive symlink manifests for engines (Athena's SymlinkTextInputFormat): after the day's

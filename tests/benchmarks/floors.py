@@ -29,16 +29,11 @@ from typing import Sequence
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+import waddle_common as common  # noqa: E402  the one declaration of the tables
+
 # The columns of each table, in travel.sql's order (the order of the clean CSVs).
-TABLE_COLUMNS = {
-    "destination": ("destination_id", "destination", "country", "popular_season"),
-    "customer": ("customer_id", "first_name", "last_name", "email", "phone"),
-    "booking": (
-        "booking_id", "customer_id", "destination_id", "booking_date", "number_of_passengers",
-        "cost_per_passenger", "total_booking_value", "passengers_imputed", "cost_imputed",
-    ),
-}
-LOAD_ORDER = ("destination", "customer", "booking")  # parents before children (foreign keys)
+TABLE_COLUMNS = {table: common.SCHEMA[table].column_names for table in common.LOAD_ORDER}
+LOAD_ORDER = common.LOAD_ORDER  # parents before children (foreign keys)
 
 
 class SequentialBatches:
@@ -70,7 +65,6 @@ def export_floor(args: argparse.Namespace) -> dict:
     import boto3
 
     import batch_transfer_data_to_cloud_storage as stage
-    import waddle_common as common
 
     s3 = boto3.client("s3")
     conn = common.connect_db("benchmark export floor")

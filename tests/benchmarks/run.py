@@ -14,16 +14,22 @@ own child process (wall seconds, and peak RSS from os.wait4 on that child):
   export   batch_transfer_data_to_cloud_storage.py
            floor: COPY TO STDOUT of the same rows + single-threaded zip at the same level
            + plain boto3 put_object of the same bytes (floors.py export)
+  export-parquet
+           the same with --format parquet; compared with the CSV export of the same run
+           (its seconds as the "floor", and the bytes stored: the manifests' sums)
   lambda   lambda/lambda_function.py over that export
            floor: download + one pandas read_csv of all booking data + groupby (floors.py lambda)
+  lambda-parquet
+           the Lambda over the Parquet export (needs export-parquet); compared with the
+           Lambda over the CSV export of the same run (needs lambda)
   naive    on a --naive-rows sample: the naive load (pandas to_sql, or its executemany
            equivalent without SQLAlchemy), next to the loader and the \\copy floor on it
 
 Prints a table (stage, rows, seconds, rows/s, peak RSS, floor seconds, ratio, target) and,
 with --json, writes the same figures and a description of the machine. With --runs N every
 measurement is repeated N times and the medians are reported (the spread is in the JSON).
---stages export,lambda skips stage 3 and fills the database with \\copy of the generator's
-clean rows (for 10M-row memory runs). Services are stopped and the work folder is removed
+--stages export,lambda (or export,export-parquet) skips stage 3 and fills the database with
+\\copy of the generator's clean rows (for 10M-row memory runs). Services are stopped and the work folder is removed
 at the end, also on Ctrl-C, unless --keep.
 """
 
@@ -49,8 +55,10 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
 import services  # noqa: E402  tests/services.py: the same servers as the tests
+import waddle_common as common  # noqa: E402  the one declaration of the tables
 from measure import CommandFailed, Measurement, measure, stop_running  # noqa: E402
 
 PYTHON = sys.executable
@@ -58,14 +66,16 @@ DAY = "2026-01-01"
 BUCKET = "waddle-benchmark"
 STAGE_PREFIX = "stage/"
 FLOOR_PREFIX = "floor/"
-STAGES = ("load", "reload", "export", "lambda", "naive")
+PARQUET_PREFIX = "parquet/"
+STAGES = ("load", "reload", "export", "export-parquet", "lambda", "lambda-parquet", "naive")
+MAIN_ROWS = ("load", "reload", "export", "export-parquet", "lambda", "lambda-parquet")
 TARGETS = {"load": 1.25, "reload": 0.3, "export": 1.0, "lambda": 1.0}
-TABLES = ("destination", "customer", "booking")  # parents first
+TABLES = common.LOAD_ORDER  # parents first
 # Variables of the pipeline that must not leak from the caller's shell into a measured run.
 CLEARED = (
     "DATABASE_URL", "PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSERVICE", "PGPASSFILE",
     "S3_BUCKET_NAME", "S3_PREFIX", "RESULTS_PREFIX", "EXPORT_BATCH_SIZE", "EXPORT_COMPRESSION",
-    "EXPORT_COMPRESSION_LEVEL", "S3_SSE", "S3_KMS_KEY_ID", "DOWNLOAD_DIR", "REJECTS_DIR", "MAX_REJECT_RATE",
+    "EXPORT_COMPRESSION_LEVEL", "EXPORT_FORMAT", "S3_SSE", "S3_KMS_KEY_ID", "DOWNLOAD_DIR", "REJECTS_DIR", "MAX_REJECT_RATE",
     "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "DB_SECRET_ID", "STRICT_SECURITY",
 )
@@ -91,6 +101,7 @@ class Figures:
     floor_cpu_seconds: list[float] = field(default_factory=list)
     floor_peak_rss_mb: list[float] = field(default_factory=list)
     note: str = ""
+    stored_bytes: int = 0  # exports: the objects' bytes, as the manifest lists them
 
     def add(self, run: Measurement) -> None:
         self.seconds.append(run.seconds)
@@ -126,11 +137,14 @@ class Figures:
         }
         if self.note:
             out["note"] = self.note
+        if self.stored_bytes:
+            out["stored_bytes"] = self.stored_bytes
         return out
 
 
 def format_table(results: dict[str, dict]) -> str:
-    headers = ("stage", "rows", "seconds", "rows/s", "peak RSS MB", "floor s", "floor RSS MB", "ratio", "target")
+    headers = ("stage", "rows", "seconds", "rows/s", "peak RSS MB", "floor s", "floor RSS MB", "ratio", "target",
+               "stored MB")
     lines = []
     for stage, r in results.items():
         target = TARGETS.get(stage)
@@ -140,6 +154,7 @@ def format_table(results: dict[str, dict]) -> str:
             f"{r['floor_peak_rss_mb']:.0f}" if r["floor_peak_rss_mb"] else "-",
             f"{r['ratio']:.2f}x" if r["ratio"] else "-",
             f"<= {target}x" if target else "-",
+            f"{r['stored_bytes'] / 1e6:.1f}" if r.get("stored_bytes") else "-",
         ))
     widths = [max(len(row[i]) for row in [headers, *lines]) for i in range(len(headers))]
     render = [
@@ -267,9 +282,9 @@ def copy_in_script(clean_dir: Path) -> str:
 
 def copy_out_script(clean_dir: Path) -> str:
     """The rows as loaded, in key order: exactly what a floor load has to write."""
-    keys = {"destination": "destination_id", "customer": "customer_id", "booking": "booking_id"}
     return "".join(
-        f"\\copy (SELECT * FROM {t} ORDER BY {keys[t]}) TO '{clean_dir / (t + '.csv')}' WITH (FORMAT csv)\n"
+        f"\\copy (SELECT * FROM {t} ORDER BY {common.SCHEMA[t].key}) TO '{clean_dir / (t + '.csv')}' "
+        "WITH (FORMAT csv)\n"
         for t in TABLES
     )
 
@@ -358,6 +373,56 @@ class Benchmark:
                 self.svc.env("bench"), cwd=self.workdir, what="export floor",
             ))
         figures.rows = sum(self.svc.counts("bench").values())
+        figures.stored_bytes = self.stored_bytes(STAGE_PREFIX)
+
+    def export_parquet(self) -> None:
+        """Stage 4 with --format parquet on the same rows; the CSV export's seconds are its "floor"."""
+        figures = self.figures.setdefault("export-parquet", Figures())
+        env = self.svc.env("bench", S3_BUCKET_NAME=BUCKET, S3_PREFIX=PARQUET_PREFIX)
+        for run in range(self.args.runs):
+            self.log(f"export-parquet, run {run + 1}")
+            figures.add(measure(
+                [PYTHON, str(REPO / "batch_transfer_data_to_cloud_storage.py"), "--date", DAY, "--format", "parquet",
+                 "--batch-size", str(self.args.batch_size)],
+                env, cwd=self.workdir, what="batch_transfer_data_to_cloud_storage.py --format parquet",
+            ))
+        csv_export = self.figures.get("export")
+        if csv_export:
+            figures.floor_seconds, figures.floor_peak_rss_mb = csv_export.seconds, csv_export.peak_rss_mb
+            figures.floor_cpu_seconds = csv_export.cpu_seconds
+            figures.note = "floor = the CSV (zip) export of the same rows in this run"
+        figures.rows = sum(self.svc.counts("bench").values())
+        figures.stored_bytes = self.stored_bytes(PARQUET_PREFIX)
+
+    def stored_bytes(self, prefix: str) -> int:
+        """The bytes of the objects the day's manifest under `prefix` lists."""
+        import boto3
+
+        env = self.svc.env()
+        s3 = boto3.client("s3", endpoint_url=self.svc.endpoint, region_name=env["AWS_DEFAULT_REGION"],
+                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+        manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{prefix}{DAY}/_manifest.json")["Body"].read())
+        return sum(o["bytes"] for o in manifest["objects"])
+
+    def metrics_parquet(self) -> None:
+        """The Lambda over the Parquet export; the Lambda over the CSV export is its "floor"."""
+        figures = self.figures.setdefault("lambda-parquet", Figures())
+        env = self.svc.env(None, S3_BUCKET_NAME=BUCKET, S3_PREFIX=PARQUET_PREFIX)
+        expected = self.svc.counts("bench")["booking"]
+        for run in range(self.args.runs):
+            self.log(f"lambda-parquet, run {run + 1}")
+            result = measure([PYTHON, str(REPO / "lambda" / "lambda_function.py"), "--date", DAY, "--json"],
+                             env, cwd=self.workdir, what="lambda_function.py (Parquet export)")
+            total = json.loads(result.stdout)["totals"]["total_bookings"]
+            if total != expected:
+                raise BenchmarkError(f"the Lambda counted {total} Parquet bookings, the database holds {expected}")
+            figures.add(result)
+        csv_lambda = self.figures.get("lambda")
+        if csv_lambda:
+            figures.floor_seconds, figures.floor_peak_rss_mb = csv_lambda.seconds, csv_lambda.peak_rss_mb
+            figures.floor_cpu_seconds = csv_lambda.cpu_seconds
+            figures.note = "floor = the Lambda over the CSV (zip) export of the same rows in this run"
+        figures.rows = expected
 
     def metrics(self) -> None:
         figures = self.figures.setdefault("lambda", Figures())
@@ -437,6 +502,8 @@ def stage_list(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError("reload needs load")
     if "lambda" in stages and "export" not in stages:
         raise argparse.ArgumentTypeError("lambda reads the export: add export")
+    if "lambda-parquet" in stages and "export-parquet" not in stages:
+        raise argparse.ArgumentTypeError("lambda-parquet reads the Parquet export: add export-parquet")
     return stages
 
 
@@ -506,12 +573,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "load" in args.stages:
             bench.generate(args.bookings, raw)
             bench.load_and_reload(raw, clean)
-        elif "export" in args.stages:
+        elif "export" in args.stages or "export-parquet" in args.stages:
             bench.direct_fill(clean)
         if "export" in args.stages:
             bench.export()
+        if "export-parquet" in args.stages:
+            bench.export_parquet()
         if "lambda" in args.stages:
             bench.metrics()
+        if "lambda-parquet" in args.stages:
+            bench.metrics_parquet()
         if "naive" in args.stages:
             bench.naive()
     except KeyboardInterrupt:
@@ -532,7 +603,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = {stage: figures.summary() for stage, figures in bench.figures.items()}
     machine["load_average_end"] = list(os.getloadavg())
     report = {
-        **{stage: results[stage] for stage in ("load", "reload", "export", "lambda") if stage in results},
+        **{stage: results[stage] for stage in MAIN_ROWS if stage in results},
         **({"naive": {**results["naive"], "loader_on_sample": results["loader_on_sample"]}} if "naive" in results else {}),
         "bookings": args.bookings,
         "runs": args.runs,
@@ -541,12 +612,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine,
         "total_seconds": round(time.monotonic() - started, 1),
     }
-    main_rows = {s: results[s] for s in ("load", "reload", "export", "lambda") if s in results}
+    main_rows = {s: results[s] for s in MAIN_ROWS if s in results}
     print(f"data-waddle benchmark: {args.bookings:,} bookings, {args.runs} run(s), "
           f"{machine['cpus']} CPUs ({machine['cpu_model']}), {machine['memory_gb']} GB RAM")
     if main_rows:
         print(format_table(main_rows))
-        print("ratio = seconds / floor seconds (medians); reload is compared with the load floor")
+        print("ratio = seconds / floor seconds (medians); reload is compared with the load floor, "
+              "export-parquet and lambda-parquet with their CSV counterparts")
     if "naive" in results:
         sample = {"naive": results["naive"], "loader (sample)": results["loader_on_sample"]}
         print(f"\nnaive load on a {results['naive']['rows']:,}-row sample ({results['naive']['note']}):")
