@@ -15,6 +15,7 @@ the stage does: the tests' entry point.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
@@ -170,11 +171,14 @@ def reject_wrong_field_count(table: Table) -> None:
 
 def normalise_text(values: pd.Series) -> pd.Series:
     """Rule normalise_text: Unicode NFC, so that 'u' + a combining diaeresis equals 'ü'."""
-    text = as_text(values)
-    if pc.all(pc.string_is_ascii(text)).as_py() is not False:
+    beyond_ascii = ~pc.string_is_ascii(as_text(values)).to_numpy(zero_copy_only=False)
+    if not beyond_ascii.any():
         return values  # ASCII is NFC already: the usual case costs one scan
-    normal = pc.utf8_normalize(text, "NFC")
-    return pd.Series(normal, index=values.index, dtype=TEXT_DTYPE).mask(values.isna())
+    # Python's unicodedata, not pyarrow's utf8_normalize: before pyarrow 26 that returned NFD.
+    at = np.flatnonzero(beyond_ascii)
+    normal = values.copy()
+    normal.iloc[at] = [unicodedata.normalize("NFC", value) for value in values.iloc[at]]
+    return normal
 
 
 # Python's str.isspace() characters (a test checks the list): trimmed as str.strip() does.
@@ -466,7 +470,7 @@ class DestinationLookup:
 
 def name_key(names: pd.Series) -> pd.Series:
     """Names compare case- and space-insensitively: ' new  YORK ' is 'new york'."""
-    folded = pa.array(pd.Series(pc.utf8_normalize(as_text(names), "NFC"), dtype=object).str.casefold(), pa.string())
+    folded = pa.array([unicodedata.normalize("NFC", name).casefold() for name in as_text(names).to_pylist()], pa.string())
     spaced = pc.replace_substring_regex(folded, f"[{WHITE_SPACE}]+", " ")
     return pd.Series(pc.utf8_trim(spaced, " "), index=names.index, dtype=TEXT_DTYPE)
 
