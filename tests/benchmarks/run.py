@@ -69,7 +69,8 @@ FLOOR_PREFIX = "floor/"
 PARQUET_PREFIX = "parquet/"
 STAGES = ("load", "reload", "export", "export-parquet", "lambda", "lambda-parquet", "naive")
 MAIN_ROWS = ("load", "reload", "export", "export-parquet", "lambda", "lambda-parquet")
-TARGETS = {"load": 1.25, "reload": 0.3, "export": 1.0, "lambda": 1.0}
+TARGETS = {"load": 1.10, "reload": 0.25, "export": 1.0, "lambda": 1.0}
+MAX_LOAD_RSS_MB = 400  # stage 3, load and reload, at any size (the issue "Stage 3 streams")
 TABLES = common.LOAD_ORDER  # parents first
 # Variables of the pipeline that must not leak from the caller's shell into a measured run.
 CLEARED = (
@@ -153,7 +154,7 @@ def format_table(results: dict[str, dict]) -> str:
             f"{r['floor_seconds']:.2f}" if r["floor_seconds"] else "-",
             f"{r['floor_peak_rss_mb']:.0f}" if r["floor_peak_rss_mb"] else "-",
             f"{r['ratio']:.2f}x" if r["ratio"] else "-",
-            f"<= {target}x" if target else "-",
+            (f"<= {target}x" if target else "-") + (f", <= {MAX_LOAD_RSS_MB} MB" if stage in ("load", "reload") else ""),
             f"{r['stored_bytes'] / 1e6:.1f}" if r.get("stored_bytes") else "-",
         ))
     widths = [max(len(row[i]) for row in [headers, *lines]) for i in range(len(headers))]
