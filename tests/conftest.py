@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-import services  # noqa: E402
+import local_services  # noqa: E402
+from support.http_server import ScriptedHTTPServer  # noqa: E402
 
 # Variables the pipeline reads: cleared for every test so the developer's shell or .env
 # never leaks into a test. LOAD_CHUNK_ROWS is left alone on purpose: no outcome may depend
@@ -64,7 +65,7 @@ def pg_admin_url():
     # Not under pytest's basetemp: pytest prunes old basetemps, which would pull the data
     # folder from under a server another concurrent session is still using.
     folder = Path(tempfile.mkdtemp(prefix="waddle-pg-"))
-    server = services.EmbeddedPostgres(folder / "data").start()
+    server = local_services.EmbeddedPostgres(folder / "data").start()
     try:
         yield server.url()
     finally:
@@ -127,7 +128,7 @@ def libpq_env(url: str) -> dict[str, str]:
 
 def psql_executable() -> str:
     try:
-        return services.psql_path()
+        return local_services.psql_path()
     except ImportError:
         found = shutil.which("psql")
         if not found:
@@ -173,7 +174,7 @@ def query(url: str, sql: str, params=None) -> list[tuple]:
 
 @pytest.fixture(scope="session")
 def moto_endpoint():
-    server, endpoint = services.start_moto_server()
+    server, endpoint = local_services.start_moto_server()
     try:
         yield endpoint
     finally:
@@ -210,7 +211,7 @@ def s3_bucket(aws, monkeypatch):
 
 @pytest.fixture
 def http_server():
-    server = services.ScriptedHTTPServer().start()
+    server = ScriptedHTTPServer().start()
     try:
         yield server
     finally:

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 from conftest import REPO
-from services import Reply, free_port
+from local_services import free_port
+from support.http_server import Reply
 
 import batch_transfer_data_to_cloud_storage as export_stage
 import download_dataset as download_stage

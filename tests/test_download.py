@@ -11,7 +11,7 @@ import pytest
 
 import download_dataset as stage
 from conftest import SAMPLE_DIR
-from services import Reply
+from support.http_server import Reply
 
 CSV = {name: (SAMPLE_DIR / f"{name}.csv").read_bytes() for name in ("customer", "destination", "booking")}
 

@@ -25,7 +25,7 @@ import transform_load_csv_data
 import waddle_common as common
 from conftest import query
 from faults_helpers import ACCESS_DENIED, FaultyStore
-from services import free_port
+from local_services import free_port
 
 DAY = "2024-05-01"
 SUFFIX = {"zip": ".csv.zip", "gzip": ".csv.gz"}

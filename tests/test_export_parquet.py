@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import query
-from services import free_port
+from local_services import free_port
 from test_contract import load_dataset
 
 import batch_transfer_data_to_cloud_storage as stage

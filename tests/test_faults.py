@@ -66,7 +66,8 @@ from faults_helpers import (
     table_fingerprint,
     wait_until,
 )
-from services import EmbeddedPostgres, Reply
+from local_services import EmbeddedPostgres
+from support.http_server import Reply
 
 DAY = "2024-05-01"
 LOADER = "transform_load_csv_data.py"

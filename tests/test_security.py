@@ -28,7 +28,7 @@ import batch_transfer_data_to_cloud_storage as export_stage
 import transform_load_csv_data as load_stage
 import waddle_common as common
 from conftest import REPO, apply_schema, libpq_env, query, run_psql, with_database
-from services import EmbeddedPostgres, free_port
+from local_services import EmbeddedPostgres, free_port
 
 DAY = "2024-05-01"
 TABLES = ("destination", "customer", "booking", "load_run", "load_run_table")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, apply_schema, query
 
-import services
+import local_services
 
 RUN_TIMEOUT = 240
 
@@ -92,7 +92,7 @@ def local_repo():
     try:
         yield repo
     finally:
-        services.EmbeddedPostgres(repo / ".local" / "postgres").stop_leftover()  # after a failed test
+        local_services.EmbeddedPostgres(repo / ".local" / "postgres").stop_leftover()  # after a failed test
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -104,7 +104,7 @@ def test_travel_sh_local_mode_runs_everything_and_a_rerun_changes_nothing(local_
     for stage in ("download", "schema", "load", "export", "metrics"):
         assert re.search(rf"\] {stage}: done in \d+\.\d s", first.stderr), stage
 
-    cluster = services.EmbeddedPostgres(local_repo / ".local" / "postgres").start()
+    cluster = local_services.EmbeddedPostgres(local_repo / ".local" / "postgres").start()
     try:
         url = cluster.url("travel")
         counts = {t: query(url, f"SELECT count(*) FROM {t}")[0][0] for t in ("customer", "destination", "booking")}
@@ -188,8 +188,8 @@ def stop_run(process: subprocess.Popen) -> None:
 
 
 def local_services_pid(repo: Path) -> int:
-    """The pid of the `services.py serve` of the local run in `repo`."""
-    script = str(repo / "tests" / "services.py").encode()
+    """The pid of the `local_services.py serve` of the local run in `repo`."""
+    script = str(repo / "local_services.py").encode()
     found = []
     for entry in Path("/proc").iterdir():
         try:
@@ -294,7 +294,7 @@ def test_travel_sh_failing_stage_stops_the_run_and_leaves_the_database(configure
     assert travel(repo, "--only", "download").returncode == 0
     assert travel(repo, "--from", "load").returncode == 0
     before = row_versions(configured)
-    monkeypatch.setenv("BOOKING_CSV_URL", f"http://127.0.0.1:{services.free_port()}/booking.csv")
+    monkeypatch.setenv("BOOKING_CSV_URL", f"http://127.0.0.1:{local_services.free_port()}/booking.csv")
     monkeypatch.setenv("DOWNLOAD_RETRIES", "0")
 
     result = travel(repo)
@@ -311,7 +311,7 @@ def test_travel_sh_gives_psql_the_password_through_the_environment_only(configur
     shim_dir.mkdir()
     record = tmp_path / "psql-argv"
     shim = shim_dir / "psql"
-    shim.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{record}"\nexec "{services.psql_path()}" "$@"\n')
+    shim.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{record}"\nexec "{local_services.psql_path()}" "$@"\n')
     shim.chmod(0o755)
     password = re.search(r":([^:@/]+)@", configured)[1]
 
@@ -350,7 +350,7 @@ def test_schema_stage_falls_back_to_the_embedded_psql(monkeypatch, tmp_path):
     import waddle_common
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no psql here
-    assert waddle_common.find_psql() == services.psql_path()
+    assert waddle_common.find_psql() == local_services.psql_path()
 
 
 def test_travel_sh_refuses_rows_in_configured_mode(tmp_path):

