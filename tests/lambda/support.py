@@ -23,7 +23,7 @@ GOLDEN = HERE / "golden_export"
 PREFIX = "exports/"  # the golden export's S3_PREFIX
 DAY, GZIP_DAY, PARQUET_DAY = "2026-11-26", "2026-11-27", "2026-11-28"  # zip, gzip, Parquet (same data)
 EXPECTED = json.loads((GOLDEN / "expected_metrics.json").read_text(encoding="utf-8"))
-EVENTS = HERE / "events"
+EVENTS = LAMBDA_DIR / "events"  # test events as in the console: scheduled, manual, bad date
 
 
 def load_lambda():

@@ -18,6 +18,7 @@ import pytest
 
 from .support import (
     DAY,
+    EVENTS,
     EXPECTED,
     GZIP_DAY,
     PREFIX,
@@ -142,7 +143,7 @@ def test_lambda_reads_a_plain_csv_object(lf, golden, s3_bucket):
 def test_lambda_date_from_a_test_event_file(s3_bucket, monkeypatch):
     upload_golden(s3_bucket, GZIP_DAY)
     monkeypatch.setenv("S3_PREFIX", PREFIX)
-    assert_golden_metrics(load_lambda().lambda_handler(event("date.json"), FakeContext()), GZIP_DAY)
+    assert_golden_metrics(load_lambda().lambda_handler(event("manual-date.json"), FakeContext()), GZIP_DAY)
 
 
 def test_lambda_date_from_the_eventbridge_schedule(lf, golden):
@@ -195,6 +196,19 @@ def test_lambda_resolve_date(given, now, day):
 def test_lambda_rejects_bad_dates(lf, bad):
     with pytest.raises(lf.MetricsError, match="YYYY-MM-DD|ISO 8601"):
         lf.lambda_handler(bad, FakeContext())
+
+
+def test_lambda_rejects_the_bad_date_event_file(lf):
+    with pytest.raises(lf.MetricsError, match="YYYY-MM-DD"):
+        lf.lambda_handler(event("bad-date.json"), FakeContext())
+
+
+def test_lambda_every_event_file_is_an_object_the_handler_reads():
+    """lambda/events/ holds what lambda/README.md shows for the console's test events."""
+    names = sorted(path.name for path in EVENTS.glob("*.json"))
+    assert names == ["bad-date.json", "eventbridge-scheduled.json", "manual-date.json"]
+    for name in names:
+        assert isinstance(event(name), dict), name
 
 
 # ---------------------------------------------------------------------------------------
