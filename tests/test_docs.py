@@ -90,7 +90,7 @@ VALUES = {"SSE_KMS", "SSE_S3"}
 def table_rows(text: str) -> list[list[str]]:
     """The body rows of every Markdown table in text, as lists of cells (header and rule skipped)."""
     rows, previous = [], ""
-    for line in text.splitlines():
+    for line in (line.strip() for line in text.splitlines()):  # a table in a list item is indented
         if line.startswith("|") and not re.fullmatch(r"\|[\s:|-]+\|", line):
             if previous.startswith("|"):
                 rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
@@ -294,3 +294,17 @@ def test_docs_every_repository_path_named_exists(where):
         if re.search(r"[A-Z]{3,}", path):  # a placeholder: .ci/venvs/NAME.log
             continue
         assert (REPO / path).exists(), f"{where} names {path}, which does not exist"
+
+
+def test_docs_lambda_readme_shows_every_test_event_as_it_is():
+    """lambda/README.md's console test events are the files of lambda/events/, shown with their values."""
+    import json
+
+    rows = {row[0].strip("`"): row for row in table_after(LAMBDA_README, "| File | Event | Result |")}
+    files = sorted((REPO / "lambda" / "events").glob("*.json"))
+    assert set(rows) == {path.relative_to(REPO).as_posix() for path in files}
+    for path in files:
+        event = json.loads(path.read_text())
+        for key in ("date", "time"):
+            if key in event:
+                assert f'"{key}": "{event[key]}"' in rows[path.relative_to(REPO).as_posix()][1], (path.name, key)
