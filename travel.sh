@@ -304,7 +304,7 @@ elapsed_since() {
   awk -v a="${start}" -v b="${now}" 'BEGIN { printf "%.1f", b - a }'
 }
 
-run_stage() {
+run_stage_timed() {
   local stage="$1" number="$2" total="$3" start status=0
   start="${EPOCHREALTIME:-${SECONDS}}"
   say "[${number}/${total}] ${stage}: started"
@@ -347,7 +347,7 @@ main() {
   run_start="${EPOCHREALTIME:-${SECONDS}}"
   for stage in "${stages[@]}"; do
     number=$((number + 1))
-    run_stage "${stage}" "${number}" "${#stages[@]}"
+    run_stage_timed "${stage}" "${number}" "${#stages[@]}"
   done
   say "all ${#stages[@]} stages done in $(elapsed_since "${run_start}") s (export day ${DAY})"
 }

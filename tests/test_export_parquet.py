@@ -20,7 +20,7 @@ import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import query
+from support.database import query
 from local_services import free_port
 from test_contract import load_dataset
 

@@ -1,4 +1,4 @@
-"""The fault matrix (issue 7): each stage under a real fault, on real services, bounded in time.
+"""The fault matrix: each stage under a real fault, on real services, bounded in time.
 
 Where each fault is tested (test_download.py, test_export.py and tests/lambda/ already
 had some; they are referenced, not repeated):
@@ -46,26 +46,14 @@ import pytest
 import batch_transfer_data_to_cloud_storage as export_stage
 import download_dataset
 import transform_load_csv_data as load_stage
-from conftest import SAMPLE_DIR, apply_schema, new_database, query, with_database, write_csv
-from faults_helpers import (
-    EXPORT_LOCK_APPLICATION,
-    INTERNAL_ERROR,
-    LOADER_APPLICATION,
-    SLOW_DOWN,
-    BrokenBody,
-    FaultyStore,
-    HalfBodyServer,
-    Observer,
-    export_rows,
-    generate_dataset,
-    read_manifest,
-    run_stage,
-    s3_keys,
-    stage_env,
-    start_stage,
-    table_fingerprint,
-    wait_until,
-)
+from support.database import apply_schema, new_database, query, with_database
+from support.datasets import SAMPLE_DIR, write_csv
+from support.database import EXPORT_LOCK_APPLICATION, LOADER_APPLICATION, Observer, table_fingerprint, wait_until
+from support.datasets import generate_dataset
+from support.exports import export_rows, read_manifest, s3_keys
+from support.fault_proxy import FaultyStore, INTERNAL_ERROR, SLOW_DOWN
+from support.http_server import BrokenBody, HalfBodyServer
+from support.stages import run_stage_script, stage_env, start_stage_script
 from local_services import EmbeddedPostgres
 from support.http_server import Reply
 
@@ -232,7 +220,7 @@ def test_faults_load_killed_mid_copy_changes_nothing(schema_db, big_dataset, tmp
     observer = Observer(schema_db)
     args = ["--data-dir", str(big_dataset), "--rejects-dir", str(tmp_path / "rejects")]
     try:
-        loader = start_stage(LOADER, args, stage_env(schema_db), tmp_path)
+        loader = start_stage_script(LOADER, args, stage_env(schema_db), tmp_path)
 
         def copy_in_flight():
             if loader.poll() is not None:
@@ -251,7 +239,7 @@ def test_faults_load_killed_mid_copy_changes_nothing(schema_db, big_dataset, tmp
     finally:
         observer.close()
 
-    rerun = run_stage(LOADER, args, stage_env(schema_db), tmp_path)
+    rerun = run_stage_script(LOADER, args, stage_env(schema_db), tmp_path)
     assert rerun.returncode == 0, rerun.stderr
     assert query(schema_db, "SELECT count(*) FROM load_run") == [(2,)]  # the sample's and the rerun's
     latest = query(schema_db, "SELECT table_name, rows_read, rows_loaded FROM load_run_table "
@@ -271,7 +259,7 @@ def test_faults_two_loads_are_serialised(schema_db, sample_dir, tmp_path):
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (load_stage.LOAD_LOCK_KEY,))
         for number in (1, 2):
             args = ["--data-dir", str(sample_dir), "--rejects-dir", str(tmp_path / f"rejects{number}"), "--verbose"]
-            loaders.append(start_stage(LOADER, args, stage_env(schema_db), tmp_path))
+            loaders.append(start_stage_script(LOADER, args, stage_env(schema_db), tmp_path))
         wait_until(lambda: len(observer.waiting_on_advisory(load_stage.LOAD_LOCK_KEY)) == 2,
                    "both loaders to wait for the load lock", timeout=60)
         assert counts(schema_db) == {"customer": 0, "destination": 0, "booking": 0}
@@ -366,7 +354,7 @@ def waiting_for_the_lock(url: str, key: int, script: str, args: list[str], appli
     try:
         with holder.cursor() as cur:
             cur.execute("SELECT pg_advisory_lock(%s)", (key,))
-        process = start_stage(script, args, stage_env(url), tmp_path)
+        process = start_stage_script(script, args, stage_env(url), tmp_path)
         wait_until(lambda: observer.waiting_on_advisory(key, application), f"{script} to wait", timeout=60)
         yield process, observer, holder
     finally:
@@ -444,7 +432,7 @@ def test_faults_export_during_a_load_is_one_snapshot(schema_db, s3_bucket, tmp_p
     try:
         with holder.cursor() as cur:
             cur.execute("LOCK TABLE load_run IN ACCESS EXCLUSIVE MODE")
-        loader = start_stage(LOADER, ["--data-dir", str(tmp_path / "later")], stage_env(schema_db), tmp_path)
+        loader = start_stage_script(LOADER, ["--data-dir", str(tmp_path / "later")], stage_env(schema_db), tmp_path)
         (backend,) = wait_until(lambda: observer.waiting_on_table("load_run"), "the load to reach its audit row",
                                 timeout=60)
         assert observer.rows("SELECT query FROM pg_stat_activity WHERE pid = %s", (backend,))[0][0].startswith(
@@ -558,7 +546,7 @@ def test_faults_export_killed_mid_upload_keeps_the_previous_export(sample_db, s3
     # PUTs after the 5th hang, then fail: none reaches the store after the kill.
     with FaultyStore(moto_endpoint, fail=lambda n: n > 5, hold=True, hold_after=5) as store:
         env = stage_env(sample_db, AWS_ENDPOINT_URL=store.url)
-        exporter = start_stage(EXPORTER, ["--date", DAY, "--batch-size", "40"], env, tmp_path)
+        exporter = start_stage_script(EXPORTER, ["--date", DAY, "--batch-size", "40"], env, tmp_path)
         try:
             assert store.put_arrived.wait(60), "the export never reached its 6th upload"
         finally:
@@ -578,7 +566,7 @@ def test_faults_export_killed_mid_upload_keeps_the_previous_export(sample_db, s3
 
 
 def test_faults_two_exports_of_a_day_are_serialised(schema_db, s3_bucket, moto_endpoint, tmp_path):
-    """The issue's case: a slow export (--batch-size 1 --workers 1, its uploads hanging) has
+    """The case that found it: a slow export (--batch-size 1 --workers 1, its uploads hanging) has
     its snapshot; a load commits; a second export starts. The second waits for the first to
     publish, then exports a snapshot taken after the load: its manifest is the day's, every
     object matches its SHA-256, and the first run's objects are intact beside it."""
@@ -590,11 +578,11 @@ def test_faults_two_exports_of_a_day_are_serialised(schema_db, s3_bucket, moto_e
     exporters = []
     try:
         with FaultyStore(moto_endpoint, hold=True) as slow_store:
-            exporters.append(start_stage(EXPORTER, ["--date", DAY, "--batch-size", "1", "--workers", "1"],
+            exporters.append(start_stage_script(EXPORTER, ["--date", DAY, "--batch-size", "1", "--workers", "1"],
                                          stage_env(schema_db, AWS_ENDPOINT_URL=slow_store.url), tmp_path))
             assert slow_store.put_arrived.wait(60), "the first export never started an upload"
             assert load_stage.main(["--data-dir", str(tmp_path / "later")]) == 0
-            exporters.append(start_stage(EXPORTER, ["--date", DAY, "--verbose"], stage_env(schema_db), tmp_path))
+            exporters.append(start_stage_script(EXPORTER, ["--date", DAY, "--verbose"], stage_env(schema_db), tmp_path))
             wait_until(lambda: observer.waiting_on_advisory(key, EXPORT_LOCK_APPLICATION),
                        "the second export to wait for the first", timeout=60)
             slow_store.gate.set()
@@ -661,7 +649,7 @@ def test_faults_export_that_lost_its_lock_publishes_nothing(sample_db, s3_bucket
     observer = Observer(sample_db)
     try:
         with FaultyStore(moto_endpoint, hold=True) as store:
-            exporter = start_stage(EXPORTER, ["--date", DAY, "--batch-size", "40"],
+            exporter = start_stage_script(EXPORTER, ["--date", DAY, "--batch-size", "40"],
                                    stage_env(sample_db, AWS_ENDPOINT_URL=store.url), tmp_path)
             assert store.put_arrived.wait(60), "the export never started an upload"
             (lock_backend,) = observer.backends(EXPORT_LOCK_APPLICATION)

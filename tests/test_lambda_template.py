@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import boto3
 import pytest
-from conftest import REPO
+from support import REPO
 
 import batch_transfer_data_to_cloud_storage as stage
 import transform_load_csv_data

@@ -6,7 +6,8 @@ import csv
 import shutil
 
 import pytest
-from conftest import query, write_csv
+from support.database import query
+from support.datasets import write_csv
 
 import transform_load_csv_data as stage
 

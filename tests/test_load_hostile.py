@@ -12,7 +12,9 @@ from decimal import Decimal
 import boto3
 import pandas as pd
 import pytest
-from conftest import REPO, lambda_module, query
+from support import REPO
+from support.database import query
+from support.lambda_module import lambda_module
 
 import batch_transfer_data_to_cloud_storage as export_stage
 import transform_load_csv_data as stage

@@ -3,7 +3,8 @@ a reload sends only new or changed rows, and neither changes what ends up stored
 
 from __future__ import annotations
 
-from conftest import query, write_csv
+from support.database import query
+from support.datasets import write_csv
 
 import transform_load_csv_data as stage
 

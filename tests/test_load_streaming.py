@@ -207,7 +207,7 @@ def test_load_streaming_database_failure_skips_the_rest_and_surfaces():
 
 
 def dataset(folder, bookings: int):
-    from conftest import write_csv
+    from support.datasets import write_csv
 
     write_csv(folder / "destination.csv", "destination_id,destination,country,popular_season\n1,Paris,France,Spring\n")
     write_csv(folder / "customer.csv", "customer_id,first_name,last_name,email,phone\n"
@@ -218,7 +218,7 @@ def dataset(folder, bookings: int):
 
 
 def test_load_streaming_a_chunk_the_database_refuses_rolls_back_every_chunk(schema_db, tmp_path, monkeypatch, capsys):
-    from conftest import query
+    from support.database import query
 
     # A row PostgreSQL refuses in a late chunk (a trigger stands for any failure there): the
     # chunks stored before it go too, the database thread stops, and no audit row remains.
@@ -240,7 +240,7 @@ def test_load_streaming_a_chunk_the_database_refuses_rolls_back_every_chunk(sche
 
 
 def test_load_streaming_pending_bookings_are_completed_after_the_last_chunk(schema_db, tmp_path, monkeypatch):
-    from conftest import query
+    from support.database import query
 
     # Every fifth booking has no cost: each waits for the median of all 70, across 10 chunks.
     monkeypatch.setenv("LOAD_CHUNK_ROWS", "7")

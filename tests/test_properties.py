@@ -1,6 +1,6 @@
 """Property tests of stage 3 against an independent model of README.md's cleansing rules.
 
-tests/cleansing_model.py is a small, slow, plain-Python reading of the README's "Cleansing
+tests/support/cleansing_model.py is a small, slow, plain-Python reading of the README's "Cleansing
 rules" table. Hypothesis builds whole CSV files that mix every accepted and rejected shape
 of every column, and for each the stage must agree with the model: the rows it stores, each
 reject's row and reason, and the summary counts (read = loaded + rejected always).
@@ -13,7 +13,7 @@ reject's row and reason, and the summary counts (read = loaded + rejected always
   stored rows kept, email_in_use, references to stored rows).
 - test_properties_reject_rate_refuses_as_model_predicts: MAX_REJECT_RATE 0.25.
 
-About 2 minutes when stage and model agree (2 cores). tests/cleansing_model.py's own unit
+About 2 minutes when stage and model agree (2 cores). tests/support/cleansing_model.py's own unit
 tests are the test_model_* ones here.
 
 All derandomised (the same examples every run). A disagreement is fixed in the stage or in
@@ -49,7 +49,7 @@ import csv
 import io
 import re
 
-import cleansing_model as model
+from support import cleansing_model as model
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -701,7 +701,7 @@ COUNT_COLUMNS = ("read", "loaded", "repaired", "imputed", "rejected", "inserted"
 def property_db(pg_admin_url, monkeypatch):
     """One database with the schema for a whole property test; load_database() empties it
     for each example (TRUNCATE as the server's superuser: far quicker than a new database)."""
-    from conftest import apply_schema, new_database
+    from support.database import apply_schema, new_database
 
     with new_database(pg_admin_url, "props") as url:
         apply_schema(url)
@@ -710,14 +710,14 @@ def property_db(pg_admin_url, monkeypatch):
 
 
 def empty_tables(url: str) -> None:
-    from conftest import query
+    from support.database import query
 
     query(url, "TRUNCATE booking, customer, destination, load_run_table, load_run RESTART IDENTITY")
 
 
 def read_tables(url: str) -> dict[str, dict[int, dict]]:
     """The three tables as the model's `stored`: key -> row in the load's column order."""
-    from conftest import query
+    from support.database import query
 
     state = {}
     for table in model.TABLES:
@@ -726,7 +726,7 @@ def read_tables(url: str) -> dict[str, dict[int, dict]]:
     return state
 
 
-def run_stage_main(files: dict[str, bytes], folder, max_reject_rate: str = "1"
+def run_load_main(files: dict[str, bytes], folder, max_reject_rate: str = "1"
                    ) -> tuple[int, str, dict[str, list[dict]]]:
     """main() on `files` written to `folder`: exit code, stderr, and the rejects files' rows."""
     import contextlib
@@ -756,7 +756,7 @@ def run_stage_main(files: dict[str, bytes], folder, max_reject_rate: str = "1"
 
 def run_counts(url: str) -> dict[str, dict[str, int]]:
     """load_run_table of the last committed run: table -> counts."""
-    from conftest import query
+    from support.database import query
 
     rows = query(url, "SELECT table_name, rows_read, rows_loaded, rows_repaired, rows_imputed, rows_rejected, "
                       "rows_inserted, rows_updated FROM load_run_table "
@@ -769,7 +769,7 @@ def check_real_load(url: str, files: dict[str, bytes], stored: dict, folder, max
     """One run of main() on `files` over the tables `stored` (as the database holds them)
     against the model: exit code and stderr, the tables after it, rejects files, counts."""
     expected = model.run_load(files, stored, max_reject_rate=max_reject_rate)
-    code, err, rejects = run_stage_main(files, folder, str(max_reject_rate))
+    code, err, rejects = run_load_main(files, folder, str(max_reject_rate))
     lines = err.splitlines()
     if expected.refused is None:
         assert (code, lines) == (0, []), f"[load must succeed] exit {code}, stderr {err!r}"
@@ -909,7 +909,7 @@ def check_reject_rate(files: dict[str, bytes], url: str, folder) -> None:
     empty_tables(url)
     expected = check_real_load(url, files, model.empty_store(), folder / "rate", max_reject_rate=0.25)
     if expected.refused is not None:
-        _, err, _ = run_stage_main(files, folder / "rate", "0.25")
+        _, err, _ = run_load_main(files, folder / "rate", "0.25")
         empty = [f"{t}.csv has no data rows" for t, r in expected.tables.items() if r.read == 0]
         over = [f"{t}: {r.rejected} of {r.read} rows rejected" for t, r in expected.tables.items()
                 if r.read and r.rejected / r.read > 0.25]

@@ -6,7 +6,8 @@ import re
 
 import psycopg2
 import pytest
-from conftest import REPO, apply_schema, query, run_psql
+from support import REPO
+from support.database import apply_schema, query, run_psql
 
 import transform_load_csv_data as stage
 import waddle_common

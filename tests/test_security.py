@@ -1,4 +1,4 @@
-"""Security (issue 6) on real components: PostgreSQL roles and privileges after travel.sql,
+"""Security on real components: PostgreSQL roles and privileges after travel.sql,
 database credentials from AWS Secrets Manager (moto's server), the password check and
 STRICT_SECURITY, PGSSLMODE, .env permissions, .gitignore, and a leak test that runs every
 stage in a subprocess with known canary secrets and searches every output for them."""
@@ -27,7 +27,8 @@ from psycopg2 import sql
 import batch_transfer_data_to_cloud_storage as export_stage
 import transform_load_csv_data as load_stage
 import waddle_common as common
-from conftest import REPO, apply_schema, libpq_env, query, run_psql, with_database
+from support import REPO
+from support.database import apply_schema, libpq_env, query, run_psql, with_database
 from local_services import EmbeddedPostgres, free_port
 
 DAY = "2024-05-01"
@@ -619,7 +620,7 @@ def test_security_leak_env_file_credentials_are_not_printed(leak_setup):
 
 
 # ---------------------------------------------------------------------------------------
-# A password with special characters written into DATABASE_URL as it is (issue 7)
+# A password with special characters written into DATABASE_URL as it is
 #
 # libpq reads postgresql://etl:Secr3tP@ssw0rd@host/db with the host "ssw0rd@host", and a /
 # in the password makes it read the text before the / as the port; its messages then quote

@@ -16,7 +16,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from conftest import REPO, apply_schema, query
+from support import REPO
+from support.database import apply_schema, query
 
 import local_services
 

@@ -69,7 +69,7 @@ PARQUET_PREFIX = "parquet/"
 STAGES = ("load", "reload", "export", "export-parquet", "lambda", "lambda-parquet", "naive")
 MAIN_ROWS = ("load", "reload", "export", "export-parquet", "lambda", "lambda-parquet")
 TARGETS = {"load": 1.10, "reload": 0.25, "export": 1.0, "lambda": 1.0}
-MAX_LOAD_RSS_MB = 400  # stage 3, load and reload, at any size (the issue "Stage 3 streams")
+MAX_LOAD_RSS_MB = 400  # stage 3, load and reload, at any size (its streaming target)
 TABLES = common.LOAD_ORDER  # parents first
 # Variables of the pipeline that must not leak from the caller's shell into a measured run.
 CLEARED = (

@@ -1,5 +1,6 @@
-"""A scripted HTTP server on 127.0.0.1 for the download tests: each path answers with the
-replies a test lists, in turn (status, body, headers, a cut-off body, a stall, a reset)."""
+"""HTTP servers on 127.0.0.1 for the download tests: a scripted one (each path answers with
+the replies a test lists, in turn: status, body, headers, a cut-off body, a stall, a reset)
+and a raw one that breaks a body half-way."""
 
 from __future__ import annotations
 
@@ -73,3 +74,63 @@ class ScriptedHTTPServer:
         self.release.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+@dataclass
+class BrokenBody:
+    """Send the headers (Content-Length = len(body)) and `sent` bytes of `body`, then either
+    stall until the test ends or reset the connection."""
+
+    body: bytes
+    sent: int
+    then: str = "stall"  # or "reset"
+
+
+class HalfBodyServer:
+    """A raw HTTP/1.1 server on 127.0.0.1 answering every GET with one BrokenBody."""
+
+    def __init__(self, reply: BrokenBody):
+        self.reply = reply
+        self.release = threading.Event()
+        self.hits = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        host, port = self.sock.getsockname()[:2]
+        self.url = f"http://{host}:{port}/booking.csv"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while not self.release.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                request += chunk
+            self.hits += 1
+            head = (f"HTTP/1.1 200 OK\r\nContent-Type: text/csv\r\nContent-Length: {len(self.reply.body)}\r\n\r\n")
+            conn.sendall(head.encode("ascii") + self.reply.body[: self.reply.sent])
+            if self.reply.then == "reset":
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                return
+            self.release.wait(30)
+
+    def __enter__(self) -> "HalfBodyServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release.set()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() above
+        except OSError:
+            pass
+        self.sock.close()
+        self.thread.join(5)
