@@ -24,7 +24,7 @@ Per load, tests/golden/<scenario>/<load>/ holds:
 Scenarios:
 
 - sample: sample_data/, then the same files again.
-- mixed: every Stored and Rejected case of test_bad_input.CATALOGUE in one dataset, each on
+- mixed: every Stored and Rejected case of test_load_bad_input.CATALOGUE in one dataset, each on
   its own rows (its whole-file shapes applied to the whole file), plus rows placed across
   7-row chunk boundaries (see mixed_dataset()); then the same files again.
 - refused: the catalogue's base dataset, then each Refused case of the catalogue, then the
@@ -58,9 +58,11 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from conftest import REPO, SAMPLE_DIR, apply_schema, new_database
+from support import REPO
+from support.database import apply_schema, new_database
+from support.datasets import SAMPLE_DIR
 from psycopg2 import sql
-from test_bad_input import CATALOGUE, NEW_ROW, Case, Refused, Stored, base_text
+from test_load_bad_input import CATALOGUE, NEW_ROW, Case, Refused, Stored, base_text
 
 import transform_load_csv_data as stage
 

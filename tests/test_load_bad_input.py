@@ -1,4 +1,4 @@
-"""The bad-input catalogue (issue 7): malformed source files and values, each with its outcome.
+"""The bad-input catalogue: malformed source files and values, each with its outcome.
 
 One table, CATALOGUE, of malformed inputs across customer.csv, destination.csv and
 booking.csv. Each case changes one file of a small valid dataset (ten rows per table) and
@@ -26,8 +26,8 @@ import pytest
 
 import batch_transfer_data_to_cloud_storage as export_stage
 import transform_load_csv_data as stage
-from conftest import apply_schema, new_database, query
-from faults_helpers import run_stage, stage_env
+from support.database import apply_schema, new_database, query
+from support.stages import run_stage_script, stage_env
 
 HEADERS = {
     "customer": ["customer_id", "first_name", "last_name", "email", "phone"],
@@ -364,7 +364,7 @@ def test_bad_input_refusal_is_one_line_from_a_real_process(empty_db, tmp_path):
     case = next(c for c in cases() if c.id == "non-utf8")
     data = write_files(tmp_path / "data", case.files())
 
-    result = run_stage("transform_load_csv_data.py", ["--data-dir", str(data)], stage_env(empty_db), tmp_path)
+    result = run_stage_script("transform_load_csv_data.py", ["--data-dir", str(data)], stage_env(empty_db), tmp_path)
 
     assert (result.returncode, result.stderr, result.stdout) == (2, PREFIX + case.expect.message + "\n", "")
 

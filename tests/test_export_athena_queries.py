@@ -23,7 +23,9 @@ import boto3
 import psycopg2
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, lambda_module, query
+from support import REPO
+from support.database import query
+from support.lambda_module import lambda_module
 
 import batch_transfer_data_to_cloud_storage as stage
 
