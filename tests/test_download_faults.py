@@ -46,7 +46,7 @@ def serve_booking(server, monkeypatch, replies):
     ],
     ids=["500", "503", "reset", "short-body"],
 )
-def test_faults_download_persistent_fault_keeps_previous_good_file(http_server, monkeypatch, tmp_path, capsys,
+def test_download_faults_persistent_fault_keeps_previous_good_file(http_server, monkeypatch, tmp_path, capsys,
                                                                     reply, reason):
     serve_booking(http_server, monkeypatch, [reply])
     monkeypatch.setenv("DOWNLOAD_RETRIES", "2")
@@ -63,7 +63,7 @@ def test_faults_download_persistent_fault_keeps_previous_good_file(http_server, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["booking.csv"]
 
 
-def test_faults_download_stalled_server_keeps_previous_good_file(http_server, monkeypatch, tmp_path, capsys):
+def test_download_faults_stalled_server_keeps_previous_good_file(http_server, monkeypatch, tmp_path, capsys):
     serve_booking(http_server, monkeypatch, [Reply(stall=True)])
     monkeypatch.setenv("DOWNLOAD_TIMEOUT", "0.3")
     monkeypatch.setenv("DOWNLOAD_RETRIES", "1")
@@ -79,7 +79,7 @@ def test_faults_download_stalled_server_keeps_previous_good_file(http_server, mo
 
 
 @pytest.mark.parametrize("then, reason", [("stall", "timed out"), ("reset", "connection broken mid-body")])
-def test_faults_download_body_broken_half_way_keeps_previous_good_file(monkeypatch, tmp_path, capsys, then, reason):
+def test_download_faults_body_broken_half_way_keeps_previous_good_file(monkeypatch, tmp_path, capsys, then, reason):
     """Headers and half the body arrive, then the server stalls or resets the connection."""
     monkeypatch.setenv("DOWNLOAD_TIMEOUT", "0.3")
     monkeypatch.setenv("DOWNLOAD_RETRIES", "1")
@@ -94,7 +94,7 @@ def test_faults_download_body_broken_half_way_keeps_previous_good_file(monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["booking.csv"]
 
 
-def test_faults_download_honours_retry_after(http_server, monkeypatch, tmp_path):
+def test_download_faults_honours_retry_after(http_server, monkeypatch, tmp_path):
     serve_booking(http_server, monkeypatch, [Reply(503, b"busy", {"Retry-After": "1"}), Reply(200, BOOKING_CSV)])
 
     started = time.monotonic()
@@ -107,7 +107,7 @@ def test_faults_download_honours_retry_after(http_server, monkeypatch, tmp_path)
 LATIN1_DESTINATIONS = "destination_id,destination,country,popular_season\n1,São Paulo,Brasil,Summer\n"
 
 
-def test_faults_download_latin1_file_is_kept_verbatim_and_the_load_says_how_to_read_it(
+def test_download_faults_latin1_file_is_kept_verbatim_and_the_load_says_how_to_read_it(
     http_server, monkeypatch, tmp_path, capsys, schema_db
 ):
     """A Latin-1 file is the source's bytes, not a broken download: it is stored unchanged with
@@ -139,7 +139,7 @@ def test_faults_download_latin1_file_is_kept_verbatim_and_the_load_says_how_to_r
     assert query(schema_db, "SELECT destination_id FROM booking") == [(1,)]
 
 
-def test_faults_download_latin1_header_is_kept_verbatim(http_server, monkeypatch, tmp_path, capsys):
+def test_download_faults_latin1_header_is_kept_verbatim(http_server, monkeypatch, tmp_path, capsys):
     """A non-ASCII column name in Latin-1 (an extra column) does not hide the required ones."""
     body = "destination_id,destination,country,popular_season,année\n1,Paris,France,Spring,2024\n".encode("latin-1")
     http_server.routes["/destination.csv"] = [Reply(200, body, {"Content-Type": "text/csv"})]
@@ -152,7 +152,7 @@ def test_faults_download_latin1_header_is_kept_verbatim(http_server, monkeypatch
 
 
 
-def test_faults_download_cr_only_line_endings_are_a_csv(http_server, monkeypatch, tmp_path):
+def test_download_faults_cr_only_line_endings_are_a_csv(http_server, monkeypatch, tmp_path):
     """Old Mac exports end lines with CR alone: the header check still finds the columns."""
     body = b"destination_id,destination,country,popular_season\r1,Paris,France,Spring\r"
     http_server.routes["/destination.csv"] = [Reply(200, body, {"Content-Type": "text/csv"})]

@@ -217,7 +217,7 @@ def exported(schema_db, s3_bucket, monkeypatch, tmp_path):
 # The tests
 
 
-def test_athena_queries_day_metrics_equal_the_lambdas_and_the_databases(exported):
+def test_export_athena_queries_day_metrics_equal_the_lambdas_and_the_databases(exported):
     bucket, folder, truth, _ = exported
     con = duckdb_catalogue(folder)
     sql = named_query("DayMetricsQuery")
@@ -239,7 +239,7 @@ def test_athena_queries_day_metrics_equal_the_lambdas_and_the_databases(exported
     assert total.fetchone()[0] == Decimal("40000000000001577.98")
 
 
-def test_athena_queries_date_range_is_each_days_metrics(exported):
+def test_export_athena_queries_date_range_is_each_days_metrics(exported):
     _, folder, truth, _ = exported
     con = duckdb_catalogue(folder)
     sql = named_query("RangeMetricsQuery")
@@ -254,7 +254,7 @@ def test_athena_queries_date_range_is_each_days_metrics(exported):
     assert con.execute(named_query("DayMetricsQuery"), ["2026-11-23", "2026-11-23"]).fetchall() == []
 
 
-def test_athena_queries_symlinks_list_exactly_the_manifests_run_typed_as_the_glue_tables(exported):
+def test_export_athena_queries_symlinks_list_exactly_the_manifests_run_typed_as_the_glue_tables(exported):
     bucket, folder, _, listed = exported
     s3 = boto3.client("s3")
     for day in DAYS:
@@ -294,7 +294,7 @@ def parquet_scans(con, sql: str, params: list[str]) -> dict[str, dict]:
     return scans
 
 
-def test_athena_queries_read_three_columns_of_each_table_and_only_the_days_asked(exported):
+def test_export_athena_queries_read_three_columns_of_each_table_and_only_the_days_asked(exported):
     # Athena bills the bytes of the columns and partitions a query reads: the plan of each
     # named query reads three columns of each table, only of the days asked (each table has
     # its own day filter, so neither is read whole), and nothing of customer.

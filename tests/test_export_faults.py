@@ -55,7 +55,7 @@ def exported_state(bucket: str) -> tuple[dict[str, int], dict[str, set[str]]]:
     return stated, {table: {row[key_of[table]] for row in found} for table, found in rows.items()}
 
 
-def test_faults_export_during_a_load_is_one_snapshot(schema_db, s3_bucket, tmp_path):
+def test_export_faults_during_a_load_is_one_snapshot(schema_db, s3_bucket, tmp_path):
     """A real load has written its rows but not committed (it waits for the audit table the
     test has locked): the export shows the state before it; after the commit, the state after."""
     loaded_sample(schema_db)
@@ -136,7 +136,7 @@ def run_keys(bucket: str, run_id: str) -> list[str]:
     ],
     ids=["first-3-puts-500", "first-2-puts-slowdown", "every-3rd-put-500"],
 )
-def test_faults_export_retries_store_faults(sample_db, s3_bucket, moto_endpoint, monkeypatch, fail, error):
+def test_export_faults_retries_store_faults(sample_db, s3_bucket, moto_endpoint, monkeypatch, fail, error):
     with FaultyStore(moto_endpoint, fail, error) as store:
         monkeypatch.setenv("AWS_ENDPOINT_URL", store.url)
         assert export_stage.main(["--date", DAY, "--batch-size", "50"]) == 0
@@ -146,7 +146,7 @@ def test_faults_export_retries_store_faults(sample_db, s3_bucket, moto_endpoint,
     assert_complete_export(s3_bucket)
 
 
-def test_faults_export_store_keeps_failing_then_rerun(sample_db, s3_bucket, moto_endpoint, monkeypatch, capsys):
+def test_export_faults_store_keeps_failing_then_rerun(sample_db, s3_bucket, moto_endpoint, monkeypatch, capsys):
     assert export_stage.main(["--date", DAY, "--batch-size", "50"]) == 0
     previous = read_manifest(s3_bucket, DAY)
     capsys.readouterr()
@@ -169,7 +169,7 @@ def test_faults_export_store_keeps_failing_then_rerun(sample_db, s3_bucket, moto
     assert [k["run_id"] for k in assert_complete_export(s3_bucket)["kept_runs"]] == [previous["run_id"]]
 
 
-def test_faults_export_killed_mid_upload_keeps_the_previous_export(sample_db, s3_bucket, moto_endpoint, monkeypatch,
+def test_export_faults_killed_mid_upload_keeps_the_previous_export(sample_db, s3_bucket, moto_endpoint, monkeypatch,
                                                                   tmp_path):
     """SIGKILL after 5 objects are stored, while the next uploads hang: the day still shows
     the previous export, whole; the next run publishes a complete one and deletes the killed
@@ -199,7 +199,7 @@ def test_faults_export_killed_mid_upload_keeps_the_previous_export(sample_db, s3
     assert [k["run_id"] for k in manifest["kept_runs"]] == [previous["run_id"]]
 
 
-def test_faults_two_exports_of_a_day_are_serialised(schema_db, s3_bucket, moto_endpoint, tmp_path):
+def test_export_faults_two_exports_of_a_day_are_serialised(schema_db, s3_bucket, moto_endpoint, tmp_path):
     """The case that found it: a slow export (--batch-size 1 --workers 1, its uploads hanging) has
     its snapshot; a load commits; a second export starts. The second waits for the first to
     publish, then exports a snapshot taken after the load: its manifest is the day's, every
@@ -239,7 +239,7 @@ def test_faults_two_exports_of_a_day_are_serialised(schema_db, s3_bucket, moto_e
     assert len(run_keys(s3_bucket, first_run)) == sum(SAMPLE_COUNTS.values())
 
 
-def test_faults_export_snapshot_starts_once_the_lock_is_held(schema_db, s3_bucket, tmp_path):
+def test_export_faults_snapshot_starts_once_the_lock_is_held(schema_db, s3_bucket, tmp_path):
     """The test holds the day's export lock: the export waits (and says so); a change
     committed while it waits is in what it then exports."""
     loaded_sample(schema_db)
@@ -259,7 +259,7 @@ def test_faults_export_snapshot_starts_once_the_lock_is_held(schema_db, s3_bucke
     assert "Renamed while waiting" in {row["destination"] for row in rows["destination"]}
 
 
-def test_faults_export_waiting_for_the_lock_stops_on_ctrl_c(schema_db, s3_bucket, tmp_path):
+def test_export_faults_waiting_for_the_lock_stops_on_ctrl_c(schema_db, s3_bucket, tmp_path):
     """libpq's wait for a lock does not see signals: without care, Ctrl-C would be ignored
     until the other export finished."""
     key = export_stage.export_lock_key(s3_bucket, "", DAY)
@@ -274,7 +274,7 @@ def test_faults_export_waiting_for_the_lock_stops_on_ctrl_c(schema_db, s3_bucket
     assert s3_keys(s3_bucket) == []
 
 
-def test_faults_export_that_lost_its_lock_publishes_nothing(sample_db, s3_bucket, moto_endpoint, tmp_path):
+def test_export_faults_that_lost_its_lock_publishes_nothing(sample_db, s3_bucket, moto_endpoint, tmp_path):
     """The lock's session ends while the export uploads (an administrator's
     pg_terminate_backend, a network cut): another export may now run, so this one publishes
     nothing, removes its objects and says so."""

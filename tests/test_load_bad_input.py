@@ -10,7 +10,7 @@ says what the load must do with it:
 - Refused: the whole load is refused: the exit code, the one stderr line, no table changed.
 
 Text that looks like SQL or a spreadsheet formula is data: it is stored, exported and read
-back byte for byte, and never executed (test_bad_input_sql_and_formula_text_round_trips...).
+back byte for byte, and never executed (test_load_bad_input_sql_and_formula_text_round_trips...).
 The stage's rule codes are those of README.md's cleansing-rules table.
 """
 
@@ -321,7 +321,7 @@ def table_counts(url: str) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("case", CATALOGUE, ids=case_id)
-def test_bad_input_catalogue(case, empty_db, tmp_path, capsys):
+def test_load_bad_input_catalogue(case, empty_db, tmp_path, capsys):
     data = write_files(tmp_path / "data", case.files())
     rejects = tmp_path / "rejects"
 
@@ -352,14 +352,14 @@ def test_bad_input_catalogue(case, empty_db, tmp_path, capsys):
     assert table_counts(empty_db)[case.table] == 10
 
 
-def test_bad_input_catalogue_is_big_enough():
+def test_load_bad_input_catalogue_is_big_enough():
     assert len(cases()) >= 30
     assert {c.table for c in cases()} == set(HEADERS)
     assert {type(c.expect) for c in cases()} == {Stored, Rejected, Refused}
     assert len({c.id for c in cases()}) == len(cases())
 
 
-def test_bad_input_refusal_is_one_line_from_a_real_process(empty_db, tmp_path):
+def test_load_bad_input_refusal_is_one_line_from_a_real_process(empty_db, tmp_path):
     """The exact stderr of the process, not only of main(): nothing else is printed."""
     case = next(c for c in cases() if c.id == "non-utf8")
     data = write_files(tmp_path / "data", case.files())
@@ -382,7 +382,7 @@ TRICKY = {
 }
 
 
-def test_bad_input_sql_and_formula_text_round_trips_through_load_and_export(empty_db, s3_bucket, tmp_path):
+def test_load_bad_input_sql_and_formula_text_round_trips_through_load_and_export(empty_db, s3_bucket, tmp_path):
     added = {
         "customer": ["11", TRICKY["first_name"], TRICKY["last_name"], "eve@example.com", TRICKY["phone"]],
         "destination": ["11", TRICKY["destination"], TRICKY["country"], "Summer"],

@@ -51,7 +51,7 @@ def reason_code(table, row=0):
 # Customers
 
 
-def test_cleanse_customers_trims_and_lower_cases_email():
+def test_load_cleanse_customers_trims_and_lower_cases_email():
     table = stage.cleanse_customers(raw(CUSTOMER_HEADER, ["  7 ", " Ada ", "Lovelace ", " ADA@Example.COM ", " "]))
     row = table.accepted().iloc[0]
     assert (row.customer_id, row.first_name, row.last_name, row.email) == (7, "Ada", "Lovelace", "ada@example.com")
@@ -72,12 +72,12 @@ def test_cleanse_customers_trims_and_lower_cases_email():
         (customer(None, None, None, "a b@example.com"), "invalid_email"),
     ],
 )
-def test_cleanse_customers_rejects(row, code):
+def test_load_cleanse_customers_rejects(row, code):
     table = stage.cleanse_customers(raw(CUSTOMER_HEADER, row))
     assert reason_code(table) == code
 
 
-def test_cleanse_customers_duplicate_key_and_email_keep_first():
+def test_load_cleanse_customers_duplicate_key_and_email_keep_first():
     table = stage.cleanse_customers(raw(
         CUSTOMER_HEADER,
         customer("1", None, None, "a@example.com"),
@@ -89,12 +89,12 @@ def test_cleanse_customers_duplicate_key_and_email_keep_first():
     assert "already at row 1" in table.reason.iloc[1]
 
 
-def test_cleanse_customers_first_valid_occurrence_wins():
+def test_load_cleanse_customers_first_valid_occurrence_wins():
     table = stage.cleanse_customers(raw(CUSTOMER_HEADER, customer("1", None, None, "bad"), customer("1")))
     assert [reason_code(table, i) for i in range(2)] == ["invalid_email", None]
 
 
-def test_cleanse_customers_accepts_pandas_float_ids():
+def test_load_cleanse_customers_accepts_pandas_float_ids():
     table = stage.cleanse_customers(raw(CUSTOMER_HEADER, customer("12.0")))
     assert table.accepted().customer_id.tolist() == [12]
 
@@ -104,12 +104,12 @@ def test_cleanse_customers_accepts_pandas_float_ids():
 
 
 @pytest.mark.parametrize("season, expected", [("autumn", "Autumn"), ("SUMMER", "Summer"), (" winter ", "Winter"), ("Fall", "Autumn")])
-def test_cleanse_destinations_capitalises_seasons(season, expected):
+def test_load_cleanse_destinations_capitalises_seasons(season, expected):
     table = stage.cleanse_destinations(raw(DESTINATION_HEADER, ["1", "Paris", "France", season]))
     assert table.accepted().popular_season.tolist() == [expected]
 
 
-def test_cleanse_destinations_rejects_unknown_season_and_duplicates():
+def test_load_cleanse_destinations_rejects_unknown_season_and_duplicates():
     table = stage.cleanse_destinations(raw(
         DESTINATION_HEADER, ["1", "Paris", "France", "Monsoon"], ["2", "Rome", "Italy", "Summer"],
         ["2", "Roma", "Italy", "Summer"], ["3", "", "Italy", "Summer"],
@@ -143,7 +143,7 @@ def test_cleanse_destinations_rejects_unknown_season_and_duplicates():
         ("3 Jun., 2023", "2023-06-03"),
     ],
 )
-def test_cleanse_bookings_parses_mixed_date_formats(text, iso):
+def test_load_cleanse_bookings_parses_mixed_date_formats(text, iso):
     table = cleanse_booking_rows(booking(booking_date=text))
     assert table.accepted().booking_date.tolist() == [iso]
 
@@ -167,7 +167,7 @@ def test_cleanse_bookings_parses_mixed_date_formats(text, iso):
         ("", "missing_field"),
     ],
 )
-def test_cleanse_bookings_rejects_bad_dates(text, code):
+def test_load_cleanse_bookings_rejects_bad_dates(text, code):
     assert reason_code(cleanse_booking_rows(booking(booking_date=text))) == code
 
 
@@ -175,14 +175,14 @@ def test_cleanse_bookings_rejects_bad_dates(text, code):
 # Passengers, money, totals
 
 
-def test_cleanse_bookings_imputes_missing_passengers_as_one():
+def test_load_cleanse_bookings_imputes_missing_passengers_as_one():
     table = cleanse_booking_rows(booking(number_of_passengers=""))
     row = table.accepted().iloc[0]
     assert (row.number_of_passengers, bool(row.passengers_imputed), row.total_booking_value) == (1, True, "10.00")
     assert stage.summarise(table).imputed == 1
 
 
-def test_cleanse_bookings_imputes_missing_cost_with_median():
+def test_load_cleanse_bookings_imputes_missing_cost_with_median():
     table = cleanse_booking_rows(
         booking(booking_id="1", cost_per_passenger="10.00"),
         booking(booking_id="2", cost_per_passenger="20.01"),
@@ -192,7 +192,7 @@ def test_cleanse_bookings_imputes_missing_cost_with_median():
     assert (imputed.cost_per_passenger, bool(imputed.cost_imputed), imputed.total_booking_value) == ("15.01", True, "45.03")
 
 
-def test_cleanse_bookings_median_ignores_rejected_rows():
+def test_load_cleanse_bookings_median_ignores_rejected_rows():
     table = cleanse_booking_rows(
         booking(booking_id="1", cost_per_passenger="10.00"),
         booking(booking_id="2", cost_per_passenger="9999.00", destination="Gotham"),
@@ -206,7 +206,7 @@ def test_cleanse_bookings_median_ignores_rejected_rows():
     [("3", "33.33", "99.99"), ("1", "0", "0.00"), ("7", "0.1", "0.70"), ("2", "10.500", "21.00"), ("2.0", "5", "10.00"),
      ("1000", "9999999999.99", "9999999999990.00")],
 )
-def test_cleanse_bookings_total_value_is_exact(passengers, cost, total):
+def test_load_cleanse_bookings_total_value_is_exact(passengers, cost, total):
     table = cleanse_booking_rows(booking(number_of_passengers=passengers, cost_per_passenger=cost))
     assert table.accepted().total_booking_value.tolist() == [total]
 
@@ -229,7 +229,7 @@ def test_cleanse_bookings_total_value_is_exact(passengers, cost, total):
         ("customer_id", "", "missing_field"),
     ],
 )
-def test_cleanse_bookings_rejects_bad_numbers(field, value, code):
+def test_load_cleanse_bookings_rejects_bad_numbers(field, value, code):
     assert reason_code(cleanse_booking_rows(booking(**{field: value}))) == code
 
 
@@ -238,28 +238,28 @@ def test_cleanse_bookings_rejects_bad_numbers(field, value, code):
 
 
 @pytest.mark.parametrize("name, destination_id", [("paris", 1), ("  PARIS ", 1), ("new   york", 2), ("New York", 2)])
-def test_cleanse_bookings_maps_destination_names(name, destination_id):
+def test_load_cleanse_bookings_maps_destination_names(name, destination_id):
     table = cleanse_booking_rows(booking(destination=name))
     assert table.accepted().destination_id.tolist() == [destination_id]
 
 
 @pytest.mark.parametrize("name, code", [("Gotham", "unknown_destination"), ("springfield", "ambiguous_destination")])
-def test_cleanse_bookings_rejects_unmappable_destinations(name, code):
+def test_load_cleanse_bookings_rejects_unmappable_destinations(name, code):
     table = cleanse_booking_rows(booking(destination=name))
     assert reason_code(table) == code
 
 
-def test_cleanse_bookings_ambiguous_reason_lists_ids():
+def test_load_cleanse_bookings_ambiguous_reason_lists_ids():
     table = cleanse_booking_rows(booking(destination="Springfield"))
     assert table.reason.iloc[0].endswith("names destinations 3, 4")
 
 
-def test_cleanse_bookings_rejects_unknown_customers():
+def test_load_cleanse_bookings_rejects_unknown_customers():
     table = cleanse_booking_rows(booking(booking_id="1", customer_id="1"), booking(booking_id="2", customer_id="42"))
     assert [reason_code(table, i) for i in range(2)] == [None, "unknown_customer"]
 
 
-def test_cleanse_bookings_duplicate_booking_keeps_first():
+def test_load_cleanse_bookings_duplicate_booking_keeps_first():
     table = cleanse_booking_rows(booking(cost_per_passenger="1.00"), booking(cost_per_passenger="2.00"))
     assert [reason_code(table, i) for i in range(2)] == [None, "duplicate_key"]
     assert table.accepted().cost_per_passenger.tolist() == ["1.00"]
@@ -269,7 +269,7 @@ def test_cleanse_bookings_duplicate_booking_keeps_first():
 # Whole files
 
 
-def test_read_source_handles_bom_crlf_index_column_quotes_and_extra_columns(tmp_path):
+def test_load_read_source_handles_bom_crlf_index_column_quotes_and_extra_columns(tmp_path):
     path = tmp_path / "booking.csv"
     path.write_bytes(
         "\ufeff,Booking_ID,extra,customer_id,booking_date,destination,number_of_passengers,cost_per_passenger\r\n"
@@ -292,7 +292,7 @@ def test_read_source_handles_bom_crlf_index_column_quotes_and_extra_columns(tmp_
          "1,1,2023-01-01,Br\u00e9sil,1,1\n".encode("latin-1"), "--encoding latin-1"),
     ],
 )
-def test_read_source_refuses_bad_files(tmp_path, content, message):
+def test_load_read_source_refuses_bad_files(tmp_path, content, message):
     path = tmp_path / "booking.csv"
     path.write_bytes(content)
     with pytest.raises(common.ConfigError, match=None) as info:
@@ -300,7 +300,7 @@ def test_read_source_refuses_bad_files(tmp_path, content, message):
     assert message in str(info.value)
 
 
-def test_check_reject_rates_refuses_above_limit():
+def test_load_check_reject_rates_refuses_above_limit():
     table = stage.cleanse_customers(raw(CUSTOMER_HEADER, customer("1"), customer("x")))
     summaries = {"customer": stage.summarise(table)}
     with pytest.raises(common.ConfigError) as info:

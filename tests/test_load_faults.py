@@ -46,7 +46,7 @@ def big_dataset(tmp_path_factory):
     return generate_dataset(tmp_path_factory.mktemp("big"), customers=40_000, bookings=10_000)
 
 
-def test_faults_load_killed_mid_copy_changes_nothing(schema_db, big_dataset, tmp_path):
+def test_load_faults_killed_mid_copy_changes_nothing(schema_db, big_dataset, tmp_path):
     loaded_sample(schema_db)
     before = table_fingerprint(schema_db)
     observer = Observer(schema_db)
@@ -80,7 +80,7 @@ def test_faults_load_killed_mid_copy_changes_nothing(schema_db, big_dataset, tmp
     assert query(schema_db, "SELECT count(*) FROM customer WHERE customer_id <= 40000") == [(40_000,)]
 
 
-def test_faults_two_loads_are_serialised(schema_db, sample_dir, tmp_path):
+def test_load_faults_two_loads_are_serialised(schema_db, sample_dir, tmp_path):
     """The test holds the loaders' advisory lock; two loads start and both wait; once it is
     released they run one after the other: the second finds the first's rows and changes nothing."""
     holder = psycopg2.connect(schema_db)
@@ -148,7 +148,7 @@ def private_db(private_server, monkeypatch, request):
     return url
 
 
-def test_faults_postgres_restart_between_stages(private_server, private_db, s3_bucket, capsys):
+def test_load_faults_postgres_restart_between_stages(private_server, private_db, s3_bucket, capsys):
     loaded_sample(private_db)
     assert export_stage.main(["--date", DAY]) == 0
     manifest = read_manifest(s3_bucket, DAY)
@@ -181,7 +181,7 @@ def loader_waiting_for_the_lock(url: str, tmp_path):
                                 LOADER_APPLICATION, tmp_path)
 
 
-def test_faults_postgres_restart_during_a_load(private_server, private_db, tmp_path):
+def test_load_faults_postgres_restart_during_a_load(private_server, private_db, tmp_path):
     """The server restarts (fast shutdown) while a load is inside its transaction, waiting
     for the lock: the load fails with one line, nothing is half-written, the rerun loads."""
     with loader_waiting_for_the_lock(private_db, tmp_path) as (loader, observer, _):
@@ -199,7 +199,7 @@ def test_faults_postgres_restart_during_a_load(private_server, private_db, tmp_p
     assert counts(private_db) == SAMPLE_COUNTS
 
 
-def test_faults_load_waiting_for_the_lock_stops_on_ctrl_c(schema_db, tmp_path):
+def test_load_faults_waiting_for_the_lock_stops_on_ctrl_c(schema_db, tmp_path):
     """The loader waits for the load lock in its database thread, inside libpq, where no
     signal is seen: Ctrl-C cancels that wait instead of hanging until the other load ends."""
     with loader_waiting_for_the_lock(schema_db, tmp_path) as (loader, observer, _):
