@@ -20,12 +20,12 @@ import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support.contract_data import load_dataset
 from support.database import query
-from local_services import free_port
-from test_contract import load_dataset
 
 import batch_transfer_data_to_cloud_storage as stage
 import waddle_common as common
+from local_services import free_port
 
 DAY = "2024-05-01"
 LIMIT = Decimal("9999999999999999.99")  # the largest total stage 3 and travel.sql allow
