@@ -8,6 +8,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import subprocess
 import sys
 import zipfile
 from decimal import Decimal
@@ -133,3 +134,59 @@ def independent_metrics(day: str = DAY) -> dict:
         row[3] += Decimal(b["total_booking_value"])
         row[4] += int(b["number_of_passengers"])
     return {i: (name, country, n, f"{value:.2f}", p) for i, (name, country, n, value, p) in sums.items()}
+
+
+def put_case(bucket: str, day: str, data_rows: tuple[bytes, int]) -> str:
+    """A day's export: the golden destinations and one booking object holding `data`; its key."""
+    s3 = boto3.client("s3")
+    files = golden_files(DAY)
+    destinations = json.loads(files[f"{PREFIX}{DAY}/_manifest.json"])["objects"]
+    manifest = {"format_version": 1, "date": day, "prefix": f"{PREFIX}{day}/", "run_id": "r",
+                "tables": {"destination": {"rows": 9}}, "objects": []}
+    for entry in [e for e in destinations if e["table"] == "destination"]:
+        key = entry["key"].replace(DAY, day)
+        s3.put_object(Bucket=bucket, Key=key, Body=files[entry["key"]])
+        manifest["objects"].append({**entry, "key": key})
+    key = f"{PREFIX}{day}/r/booking/booking_{day}_batch_0001.csv.zip"
+    data, rows = data_rows
+    body = pack("booking.csv", data, "zip")
+    s3.put_object(Bucket=bucket, Key=key, Body=body)
+    manifest["objects"].append({"key": key, "table": "booking", "rows": rows, "bytes": len(body),
+                                "sha256": hashlib.sha256(body).hexdigest()})
+    s3.put_object(Bucket=bucket, Key=f"{PREFIX}{day}/_manifest.json", Body=json.dumps(manifest).encode())
+    return key
+
+
+CHILD = r"""
+import importlib.util, json, logging, sys
+class NoPyarrow:  # every import of pyarrow fails, as in a layer without it
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "pyarrow":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+if sys.argv[1] == "without":
+    sys.meta_path.insert(0, NoPyarrow())
+else:
+    import pyarrow
+spec = importlib.util.spec_from_file_location("lambda_function", sys.argv[2])
+lf = importlib.util.module_from_spec(spec)
+sys.modules["lambda_function"] = lf
+spec.loader.exec_module(lf)
+handler = logging.StreamHandler(sys.stderr)  # as the Lambda runtime's JSON log format does
+handler.setFormatter(lf.JsonLines())
+logging.getLogger().addHandler(handler)
+for day in sys.argv[3:]:
+    try:
+        result = lf.lambda_handler({"date": day}, None)
+        print(json.dumps({"day": day, "totals": result["totals"]}))
+    except lf.MetricsError as exc:
+        print(json.dumps({"day": day, "error": type(exc).__name__, "message": str(exc)}))
+import pandas
+print(json.dumps({"pyarrow": sys.modules.get("pyarrow") is not None, "pandas": pandas.__version__}))
+"""
+
+
+def run_child(mode: str, days: list[str]) -> tuple[list[dict], str]:
+    done = subprocess.run([sys.executable, "-c", CHILD, mode, str(LAMBDA_FILE), *days], capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(line) for line in done.stdout.splitlines()], done.stderr

@@ -11,17 +11,14 @@ and crashes on the None.) The CI venv without pyarrow runs these tests for real 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
-import subprocess
-import sys
 from decimal import Decimal
 
 import boto3
 import pytest
 
-from .support import DAY, LAMBDA_FILE, PREFIX, FakeContext, golden_files, load_lambda, pack
+from .support import LAMBDA_FILE, PREFIX, FakeContext, load_lambda, put_case, run_child
 
 VALID = [("0.00", 0), ("0.01", 1), ("99.99", 9999), ("1234.50", 123450), ("9999999999999999.99", 10**18 - 1),
          ("0000000000000001.00", 100), ("007.10", 710)]
@@ -97,62 +94,6 @@ def booking_csv(values: list[str], filler: int = 0) -> tuple[bytes, int]:
     out.write("1,1,1.00\n" * filler)
     csv.writer(out, lineterminator="\n").writerows([1, 2, value] for value in values)
     return out.getvalue().encode("utf-8"), filler + len(values)
-
-
-def put_case(bucket: str, day: str, data_rows: tuple[bytes, int]) -> str:
-    """A day's export: the golden destinations and one booking object holding `data`; its key."""
-    s3 = boto3.client("s3")
-    files = golden_files(DAY)
-    destinations = json.loads(files[f"{PREFIX}{DAY}/_manifest.json"])["objects"]
-    manifest = {"format_version": 1, "date": day, "prefix": f"{PREFIX}{day}/", "run_id": "r",
-                "tables": {"destination": {"rows": 9}}, "objects": []}
-    for entry in [e for e in destinations if e["table"] == "destination"]:
-        key = entry["key"].replace(DAY, day)
-        s3.put_object(Bucket=bucket, Key=key, Body=files[entry["key"]])
-        manifest["objects"].append({**entry, "key": key})
-    key = f"{PREFIX}{day}/r/booking/booking_{day}_batch_0001.csv.zip"
-    data, rows = data_rows
-    body = pack("booking.csv", data, "zip")
-    s3.put_object(Bucket=bucket, Key=key, Body=body)
-    manifest["objects"].append({"key": key, "table": "booking", "rows": rows, "bytes": len(body),
-                                "sha256": hashlib.sha256(body).hexdigest()})
-    s3.put_object(Bucket=bucket, Key=f"{PREFIX}{day}/_manifest.json", Body=json.dumps(manifest).encode())
-    return key
-
-
-CHILD = r"""
-import importlib.util, json, logging, sys
-class NoPyarrow:  # every import of pyarrow fails, as in a layer without it
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] == "pyarrow":
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-if sys.argv[1] == "without":
-    sys.meta_path.insert(0, NoPyarrow())
-else:
-    import pyarrow
-spec = importlib.util.spec_from_file_location("lambda_function", sys.argv[2])
-lf = importlib.util.module_from_spec(spec)
-sys.modules["lambda_function"] = lf
-spec.loader.exec_module(lf)
-handler = logging.StreamHandler(sys.stderr)  # as the Lambda runtime's JSON log format does
-handler.setFormatter(lf.JsonLines())
-logging.getLogger().addHandler(handler)
-for day in sys.argv[3:]:
-    try:
-        result = lf.lambda_handler({"date": day}, None)
-        print(json.dumps({"day": day, "totals": result["totals"]}))
-    except lf.MetricsError as exc:
-        print(json.dumps({"day": day, "error": type(exc).__name__, "message": str(exc)}))
-import pandas
-print(json.dumps({"pyarrow": sys.modules.get("pyarrow") is not None, "pandas": pandas.__version__}))
-"""
-
-
-def run_child(mode: str, days: list[str]) -> tuple[list[dict], str]:
-    done = subprocess.run([sys.executable, "-c", CHILD, mode, str(LAMBDA_FILE), *days], capture_output=True,
-                          text=True, timeout=600, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return [json.loads(line) for line in done.stdout.splitlines()], done.stderr
 
 
 @pytest.fixture

@@ -17,8 +17,7 @@ from decimal import Decimal
 import boto3
 import pytest
 
-from .support import DAY, EXPECTED, GZIP_DAY, PARQUET_DAY, PREFIX, FakeContext, golden_files, upload_golden
-from .test_lambda_money import run_child
+from .support import DAY, EXPECTED, GZIP_DAY, PARQUET_DAY, PREFIX, FakeContext, golden_files, run_child, upload_golden
 
 LIMIT = "9999999999999999.99"
 
