@@ -58,11 +58,11 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from psycopg2 import sql
 from support import REPO
+from support.bad_input import CATALOGUE, NEW_ROW, Case, Refused, Stored, base_text
 from support.database import apply_schema, new_database
 from support.datasets import SAMPLE_DIR
-from psycopg2 import sql
-from test_load_bad_input import CATALOGUE, NEW_ROW, Case, Refused, Stored, base_text
 
 import transform_load_csv_data as stage
 
