@@ -45,7 +45,14 @@ def run_and_check(workdir: Path, out: Path) -> None:
     assert figures["lambda"]["rows"] == 1000
     assert figures["naive"]["rows"] == figures["load"]["rows"]
     assert figures["machine"]["cpus"] >= 1
-    for stage in ("load", "reload", "export", "lambda"):
+    # The named Athena query in DuckDB over the Parquet export: checked against the Lambda's
+    # metrics by the benchmark itself (else it exits 1), and the bytes it reads reported.
+    duck = figures["duckdb"]
+    assert duck["rows"] == 1000 and duck["seconds"] > 0 and duck["peak_rss_mb"] > 0 and duck["equals_lambda"]
+    assert duck["tables"]["booking"]["columns_read"] == ["destination_id", "number_of_passengers", "total_booking_value"]
+    assert duck["tables"]["destination"]["columns_read"] == ["destination_id", "destination", "country"]
+    assert 0 < duck["scanned_bytes"] < duck["stored_bytes"] < duck["export_bytes"]
+    for stage in ("load", "reload", "export", "lambda", "duckdb"):
         assert f"\n{stage} " in result.stdout  # a row of the printed table
     # Services stopped and everything the run wrote removed (no --keep).
     assert list(workdir.iterdir()) == []

@@ -22,13 +22,19 @@ own child process (wall seconds, and peak RSS from os.wait4 on that child):
   lambda-parquet
            the Lambda over the Parquet export (needs export-parquet); compared with the
            Lambda over the CSV export of the same run (needs lambda)
+  duckdb   the named query destination-metrics-for-a-day of lambda/athena.yaml, its exact
+           text, in DuckDB over the Parquet export (needs export-parquet): the objects the
+           day's symlink files list, fetched with boto3 first (not measured), then the
+           query in its own process (duckdb_query.py); its result must equal the Lambda's
+           metrics of the same export. Reports the bytes of the Parquet column chunks the
+           query reads (what Athena would bill) beside the bytes of those tables' objects
   naive    on a --naive-rows sample: the naive load (pandas to_sql, or its executemany
            equivalent without SQLAlchemy), next to the loader and the \\copy floor on it
 
 Prints a table (stage, rows, seconds, rows/s, peak RSS, floor seconds, ratio, target) and,
 with --json, writes the same figures and a description of the machine. With --runs N every
 measurement is repeated N times and the medians are reported (the spread is in the JSON).
---stages export,lambda (or export,export-parquet) skips stage 3 and fills the database with
+--stages export,lambda (or export,export-parquet, or export-parquet,duckdb) skips stage 3 and fills the database with
 \\copy of the generator's clean rows (for 10M-row memory runs). Services are stopped and the work folder is removed
 at the end, also on Ctrl-C, unless --keep.
 """
@@ -36,6 +42,7 @@ at the end, also on Ctrl-C, unless --keep.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -66,8 +73,8 @@ BUCKET = "waddle-benchmark"
 STAGE_PREFIX = "stage/"
 FLOOR_PREFIX = "floor/"
 PARQUET_PREFIX = "parquet/"
-STAGES = ("load", "reload", "export", "export-parquet", "lambda", "lambda-parquet", "naive")
-MAIN_ROWS = ("load", "reload", "export", "export-parquet", "lambda", "lambda-parquet")
+STAGES = ("load", "reload", "export", "export-parquet", "lambda", "lambda-parquet", "duckdb", "naive")
+MAIN_ROWS = ("load", "reload", "export", "export-parquet", "lambda", "lambda-parquet", "duckdb")
 TARGETS = {"load": 1.10, "reload": 0.25, "export": 1.0, "lambda": 1.0}
 MAX_LOAD_RSS_MB = 400  # stage 3, load and reload, at any size (its streaming target)
 TABLES = common.LOAD_ORDER  # parents first
@@ -102,6 +109,8 @@ class Figures:
     floor_peak_rss_mb: list[float] = field(default_factory=list)
     note: str = ""
     stored_bytes: int = 0  # exports: the objects' bytes, as the manifest lists them
+    scanned_bytes: int = 0  # duckdb: the bytes of the column chunks the query reads
+    extra: dict = field(default_factory=dict)  # further figures of the stage, reported as they are
 
     def add(self, run: Measurement) -> None:
         self.seconds.append(run.seconds)
@@ -139,12 +148,15 @@ class Figures:
             out["note"] = self.note
         if self.stored_bytes:
             out["stored_bytes"] = self.stored_bytes
+        if self.scanned_bytes:
+            out["scanned_bytes"] = self.scanned_bytes
+        out.update(self.extra)
         return out
 
 
 def format_table(results: dict[str, dict]) -> str:
     headers = ("stage", "rows", "seconds", "rows/s", "peak RSS MB", "floor s", "floor RSS MB", "ratio", "target",
-               "stored MB")
+               "stored MB", "read MB")
     lines = []
     for stage, r in results.items():
         target = TARGETS.get(stage)
@@ -155,6 +167,7 @@ def format_table(results: dict[str, dict]) -> str:
             f"{r['ratio']:.2f}x" if r["ratio"] else "-",
             (f"<= {target}x" if target else "-") + (f", <= {MAX_LOAD_RSS_MB} MB" if stage in ("load", "reload") else ""),
             f"{r['stored_bytes'] / 1e6:.1f}" if r.get("stored_bytes") else "-",
+            f"{r['scanned_bytes'] / 1e6:.1f}" if r.get("scanned_bytes") else "-",
         ))
     widths = [max(len(row[i]) for row in [headers, *lines]) for i in range(len(headers))]
     render = [
@@ -299,6 +312,7 @@ class Benchmark:
         self.svc = svc
         self.workdir = workdir
         self.figures: dict[str, Figures] = {}
+        self.lambda_parquet_metrics: list[dict] | None = None  # the Lambda's answer over the Parquet export
 
     def log(self, message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -413,9 +427,11 @@ class Benchmark:
             self.log(f"lambda-parquet, run {run + 1}")
             result = measure([PYTHON, str(REPO / "lambda" / "lambda_function.py"), "--date", DAY, "--json"],
                              env, cwd=self.workdir, what="lambda_function.py (Parquet export)")
-            total = json.loads(result.stdout)["totals"]["total_bookings"]
+            answer = json.loads(result.stdout)
+            total = answer["totals"]["total_bookings"]
             if total != expected:
                 raise BenchmarkError(f"the Lambda counted {total} Parquet bookings, the database holds {expected}")
+            self.lambda_parquet_metrics = answer["metrics"]
             figures.add(result)
         csv_lambda = self.figures.get("lambda")
         if csv_lambda:
@@ -423,6 +439,57 @@ class Benchmark:
             figures.floor_cpu_seconds = csv_lambda.cpu_seconds
             figures.note = "floor = the Lambda over the CSV (zip) export of the same rows in this run"
         figures.rows = expected
+
+    def duckdb_query(self) -> None:
+        """The day-metrics named query in DuckDB over the Parquet export's symlinked objects."""
+        from duckdb_query import parquet_bytes
+
+        figures = self.figures.setdefault("duckdb", Figures())
+        folder = self.workdir / "athena"
+        shutil.rmtree(folder, ignore_errors=True)
+        self.log("duckdb: fetching the objects the symlink files list")
+        fetched = measure([PYTHON, str(HERE / "duckdb_query.py"), "fetch", "--bucket", BUCKET, "--prefix",
+                           PARQUET_PREFIX, "--day", DAY, "--out", str(folder)],
+                          self.svc.env(None), cwd=self.workdir, what="duckdb_query.py fetch")
+        expected = self.lambda_metrics_parquet()
+        query_seconds, answer = [], {}
+        for run in range(self.args.runs):
+            self.log(f"duckdb, run {run + 1}")
+            result = measure([PYTHON, str(HERE / "duckdb_query.py"), "query", "--dir", str(folder), "--day", DAY],
+                             self.svc.env(None), cwd=self.workdir, what="duckdb_query.py query")
+            answer = json.loads(result.stdout)
+            got = [dict(zip(answer["columns"], row, strict=True)) for row in answer["rows"]]
+            if got != expected:
+                raise BenchmarkError("DuckDB's answer to the named query differs from the Lambda's metrics "
+                                     f"of the same export (first rows: {got[:2]} against {expected[:2]})")
+            query_seconds.append(answer["query_seconds"])
+            figures.add(result)
+        tables = {table: parquet_bytes(folder, table, columns) for table, columns in answer["columns_read"].items()}
+        figures.rows = sum(row["total_bookings_per_destination"] for row in expected)
+        figures.stored_bytes = sum(t["bytes"] for t in tables.values())
+        figures.scanned_bytes = sum(t["bytes_read"] for t in tables.values())
+        figures.note = ("the named query destination-metrics-for-a-day over the objects its tables' symlink files "
+                        "list, fetched first; stored = those objects, read = their column chunks the query reads")
+        figures.extra = {
+            "query_seconds": statistics.median(query_seconds),
+            "fetch_seconds": round(fetched.seconds, 3),
+            "tables": tables,
+            "export_bytes": self.stored_bytes(PARQUET_PREFIX),
+            "equals_lambda": True,
+            "duckdb": answer["duckdb"],
+            "threads": answer["threads"],
+        }
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def lambda_metrics_parquet(self) -> list[dict]:
+        """The Lambda's metrics of the Parquet export: from the lambda-parquet stage, or one run."""
+        if self.lambda_parquet_metrics is None:
+            self.log("duckdb: the Lambda over the Parquet export, for its metrics (not measured)")
+            env = self.svc.env(None, S3_BUCKET_NAME=BUCKET, S3_PREFIX=PARQUET_PREFIX)
+            result = measure([PYTHON, str(REPO / "lambda" / "lambda_function.py"), "--date", DAY, "--json"],
+                             env, cwd=self.workdir, what="lambda_function.py (Parquet export)")
+            self.lambda_parquet_metrics = json.loads(result.stdout)["metrics"]
+        return self.lambda_parquet_metrics
 
     def metrics(self) -> None:
         figures = self.figures.setdefault("lambda", Figures())
@@ -504,6 +571,11 @@ def stage_list(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError("lambda reads the export: add export")
     if "lambda-parquet" in stages and "export-parquet" not in stages:
         raise argparse.ArgumentTypeError("lambda-parquet reads the Parquet export: add export-parquet")
+    if "duckdb" in stages and "export-parquet" not in stages:
+        raise argparse.ArgumentTypeError("duckdb reads the Parquet export: add export-parquet")
+    if "duckdb" in stages and importlib.util.find_spec("duckdb") is None:
+        raise argparse.ArgumentTypeError("the duckdb stage needs PyPI duckdb (requirements-dev.txt); "
+                                         "install it or leave the stage out")
     return stages
 
 
@@ -529,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-WORK_ENTRIES = ("pg", "raw", "clean", "sample_raw", "sample_clean", "rejects", "psql-script.sql")
+WORK_ENTRIES = ("pg", "raw", "clean", "sample_raw", "sample_clean", "rejects", "athena", "psql-script.sql")
 
 
 def remove_work(workdir: Path, created: bool) -> None:
@@ -583,6 +655,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench.metrics()
         if "lambda-parquet" in args.stages:
             bench.metrics_parquet()
+        if "duckdb" in args.stages:
+            bench.duckdb_query()
         if "naive" in args.stages:
             bench.naive()
     except KeyboardInterrupt:
@@ -619,6 +693,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_table(main_rows))
         print("ratio = seconds / floor seconds (medians); reload is compared with the load floor, "
               "export-parquet and lambda-parquet with their CSV counterparts")
+        if "duckdb" in main_rows:
+            d = main_rows["duckdb"]
+            print(f"duckdb: the day-metrics named query, {d['query_seconds']:.2f} s in DuckDB {d['duckdb']} "
+                  f"({d['threads']} threads), equal to the Lambda's metrics; it reads "
+                  f"{d['scanned_bytes'] / 1e6:.1f} MB of column chunks of the {d['stored_bytes'] / 1e6:.1f} MB "
+                  f"of objects of its tables ({d['export_bytes'] / 1e6:.1f} MB the whole day's export)")
     if "naive" in results:
         sample = {"naive": results["naive"], "loader (sample)": results["loader_on_sample"]}
         print(f"\nnaive load on a {results['naive']['rows']:,}-row sample ({results['naive']['note']}):")
