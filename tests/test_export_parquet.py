@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from support.contract_data import load_dataset
 from support.database import query
+from support.fault_proxy import ForwardingHandler
 
 import batch_transfer_data_to_cloud_storage as stage
 import waddle_common as common
@@ -304,8 +305,8 @@ class HookedStore:
 
         outer = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        class Handler(ForwardingHandler):
+            upstream = outer.upstream
 
             def forward(self):
                 length = int(self.headers.get("Content-Length") or 0)
@@ -323,35 +324,7 @@ class HookedStore:
                     answer = self.upstream_reply(body)
                 self.reply(*answer, head=self.command == "HEAD")
 
-            def upstream_reply(self, body):
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "expect"}
-                conn = http.client.HTTPConnection(outer.upstream.hostname, outer.upstream.port, timeout=60)
-                try:
-                    conn.request(self.command, self.path, body=body, headers=headers)
-                    answer = conn.getresponse()
-                    data = answer.read()
-                    hop = ("connection", "transfer-encoding", "content-length", "server", "date")
-                    passed = [(k, v) for k, v in answer.getheaders() if k.lower() not in hop]
-                    if self.command == "HEAD":
-                        passed.append(("Content-Length", answer.getheader("Content-Length", "0")))
-                    return answer.status, data, passed
-                finally:
-                    conn.close()
-
-            def reply(self, status, data, headers, head=False):
-                self.send_response(status)
-                for name, value in headers:
-                    self.send_header(name, value)
-                if not head:
-                    self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if not head:
-                    self.wfile.write(data)
-
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
-
-            def log_message(self, *args):
-                pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

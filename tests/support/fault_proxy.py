@@ -27,6 +27,42 @@ class QuietServer(http.server.ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+class ForwardingHandler(http.server.BaseHTTPRequestHandler):
+    """Relays a request to `upstream` (moto's server) and its answer back: the part every S3
+    proxy of the tests shares; a subclass decides what to do before forwarding."""
+
+    protocol_version = "HTTP/1.1"  # answers "Expect: 100-continue" before the body
+    upstream = None  # urlparse() of moto's endpoint, set by the subclass
+
+    def upstream_reply(self, body: bytes | None) -> tuple[int, bytes, list[tuple[str, str]]]:
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "expect"}
+        conn = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=60)
+        try:
+            conn.request(self.command, self.path, body=body, headers=headers)
+            answer = conn.getresponse()
+            data = answer.read()
+            hop = ("connection", "transfer-encoding", "content-length", "server", "date")
+            passed = [(k, v) for k, v in answer.getheaders() if k.lower() not in hop]
+            if self.command == "HEAD":
+                passed.append(("Content-Length", answer.getheader("Content-Length", "0")))
+            return answer.status, data, passed
+        finally:
+            conn.close()
+
+    def reply(self, status: int, data: bytes, headers, head: bool = False) -> None:
+        self.send_response(status)
+        for key, value in headers:
+            self.send_header(key, value)
+        if not head:
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if not head:
+            self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
 class FaultyStore:
     """An HTTP proxy on 127.0.0.1 that forwards to moto and fails some object PUTs.
 
@@ -55,8 +91,8 @@ class FaultyStore:
         self.lock = threading.Lock()
         outer = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # answers "Expect: 100-continue" before the body
+        class Handler(ForwardingHandler):
+            upstream = outer.upstream
 
             def forward(self):
                 length = int(self.headers.get("Content-Length") or 0)
@@ -67,34 +103,9 @@ class FaultyStore:
                 if self.command == "PUT" and outer.is_object(self.path) and outer.should_fail():
                     status, data = outer.error
                     return self.reply(status, data, [("Content-Type", "application/xml")])
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "expect"}
-                conn = http.client.HTTPConnection(outer.upstream.hostname, outer.upstream.port, timeout=60)
-                try:
-                    conn.request(self.command, self.path, body=body, headers=headers)
-                    answer = conn.getresponse()
-                    data = answer.read()
-                    hop = ("connection", "transfer-encoding", "content-length", "server", "date")
-                    passed = [(k, v) for k, v in answer.getheaders() if k.lower() not in hop]
-                    if self.command == "HEAD":
-                        passed.append(("Content-Length", answer.getheader("Content-Length", "0")))
-                    self.reply(answer.status, data, passed, head=self.command == "HEAD")
-                finally:
-                    conn.close()
-
-            def reply(self, status, data, headers, head=False):
-                self.send_response(status)
-                for key, value in headers:
-                    self.send_header(key, value)
-                if not head:
-                    self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if not head:
-                    self.wfile.write(data)
+                self.reply(*self.upstream_reply(body), head=self.command == "HEAD")
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
-
-            def log_message(self, *args):
-                pass
 
         self.server = QuietServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
