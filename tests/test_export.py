@@ -19,12 +19,13 @@ from urllib.parse import urlparse
 import boto3
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+from support.database import query
+from support.exports import DB_QUERIES
+from support.fault_proxy import ACCESS_DENIED, FaultyStore
 
 import batch_transfer_data_to_cloud_storage as stage
 import transform_load_csv_data
 import waddle_common as common
-from support.database import query
-from support.fault_proxy import ACCESS_DENIED, FaultyStore
 from local_services import free_port
 
 DAY = "2024-05-01"
@@ -113,17 +114,6 @@ TYPED = {
     "passengers_imputed": {"t": True, "f": False}.__getitem__,
     "cost_imputed": {"t": True, "f": False}.__getitem__,
 }
-
-DB_QUERIES = {
-    "customer": "SELECT customer_id, first_name, last_name, email, phone FROM customer ORDER BY customer_id",
-    "destination": "SELECT destination_id, destination, country, popular_season FROM destination ORDER BY 1",
-    "booking": """
-        SELECT b.booking_id, b.customer_id, b.destination_id, d.destination, d.country, b.booking_date,
-               b.number_of_passengers, b.cost_per_passenger, b.total_booking_value,
-               b.passengers_imputed, b.cost_imputed
-        FROM booking b JOIN destination d USING (destination_id) ORDER BY b.booking_id""",
-}
-
 
 def typed_rows(header: list[str], rows: list[list[str]]) -> list[tuple]:
     return [tuple(TYPED.get(column, str)(value) for column, value in zip(header, row, strict=True)) for row in rows]

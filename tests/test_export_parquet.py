@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from support.contract_data import load_dataset
 from support.database import query
+from support.exports import DB_QUERIES
 from support.fault_proxy import ForwardingHandler
 
 import batch_transfer_data_to_cloud_storage as stage
@@ -30,17 +31,6 @@ from local_services import free_port
 
 DAY = "2024-05-01"
 LIMIT = Decimal("9999999999999999.99")  # the largest total stage 3 and travel.sql allow
-
-DB_QUERIES = {  # the exported columns, in file order, straight from the database
-    "customer": "SELECT customer_id, first_name, last_name, email, phone FROM customer ORDER BY 1",
-    "destination": "SELECT destination_id, destination, country, popular_season FROM destination ORDER BY 1",
-    "booking": """
-        SELECT b.booking_id, b.customer_id, b.destination_id, d.destination, d.country, b.booking_date,
-               b.number_of_passengers, b.cost_per_passenger, b.total_booking_value,
-               b.passengers_imputed, b.cost_imputed
-        FROM booking b JOIN destination d USING (destination_id) ORDER BY b.booking_id""",
-}
-
 
 @pytest.fixture(autouse=True)
 def no_export_format(monkeypatch):
@@ -309,8 +299,7 @@ class HookedStore:
             upstream = outer.upstream
 
             def forward(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
+                body = self.read_body()
                 key = unquote(urlparse(self.path).path.lstrip("/").partition("/")[2])
                 if self.command in ("PUT", "POST", "DELETE"):
                     with lock:

@@ -10,6 +10,18 @@ import zipfile
 
 import boto3
 
+# The exported columns of each table, in file order, read straight from the database: what
+# an export must hold.
+DB_QUERIES = {
+    "customer": "SELECT customer_id, first_name, last_name, email, phone FROM customer ORDER BY 1",
+    "destination": "SELECT destination_id, destination, country, popular_season FROM destination ORDER BY 1",
+    "booking": """
+        SELECT b.booking_id, b.customer_id, b.destination_id, d.destination, d.country, b.booking_date,
+               b.number_of_passengers, b.cost_per_passenger, b.total_booking_value,
+               b.passengers_imputed, b.cost_imputed
+        FROM booking b JOIN destination d USING (destination_id) ORDER BY b.booking_id""",
+}
+
 
 def s3_keys(bucket: str) -> list[str]:
     pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket)

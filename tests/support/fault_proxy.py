@@ -34,6 +34,10 @@ class ForwardingHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # answers "Expect: 100-continue" before the body
     upstream = None  # urlparse() of moto's endpoint, set by the subclass
 
+    def read_body(self) -> bytes | None:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else None
+
     def upstream_reply(self, body: bytes | None) -> tuple[int, bytes, list[tuple[str, str]]]:
         headers = {k: v for k, v in self.headers.items() if k.lower() != "expect"}
         conn = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=60)
@@ -95,8 +99,7 @@ class FaultyStore:
             upstream = outer.upstream
 
             def forward(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
+                body = self.read_body()
                 if self.command == "PUT" and outer.is_object(self.path) and outer.holds():
                     outer.put_arrived.set()
                     outer.gate.wait(30)
