@@ -33,6 +33,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -321,10 +322,13 @@ def take_load_lock(cur) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOAD_LOCK_KEY,))
 
 
-def begin_load(cur) -> tuple[pd.DataFrame, dict[str, bool]]:
+def begin_load(cur) -> tuple[pd.DataFrame, dict[str, bool], LastRun | None]:
     """Take the load lock and set the session up: (the stored destinations' ids and names,
-    {table: whether it holds rows})."""
+    {table: whether it holds rows}, the last load if nothing has written the tables since).
+    Nothing else writes the three tables until this load ends, so the version of the tables
+    it records is the one its own writes left."""
     take_load_lock(cur)
+    cur.execute("LOCK TABLE destination, customer, booking IN SHARE ROW EXCLUSIVE MODE")
     cur.execute("SET LOCAL datestyle = 'ISO, YMD'")
     cur.execute("SELECT destination_id, destination FROM destination")
     stored = pd.DataFrame(cur.fetchall(), columns=["destination_id", "destination"])
@@ -332,7 +336,54 @@ def begin_load(cur) -> tuple[pd.DataFrame, dict[str, bool]]:
     for table in common.LOAD_ORDER:
         cur.execute(sql_text("SELECT EXISTS (SELECT 1 FROM {})", table))
         filled[table] = cur.fetchone()[0]
-    return stored, filled
+    return stored, filled, last_run(cur)
+
+
+@dataclass
+class LastRun:
+    """The latest committed load, when the tables are still as it left them."""
+
+    run_id: int
+    input_key: str | None
+    rejects_files: dict[str, str] | None
+
+
+def last_run(cur) -> LastRun | None:
+    cur.execute(
+        """SELECT run_id, input_key, rejects_files FROM load_run
+           WHERE run_id = (SELECT max(run_id) FROM load_run)
+             AND tables_version = (SELECT version FROM tables_version)"""
+    )
+    row = cur.fetchone()
+    return LastRun(*row) if row else None
+
+
+def counts_of_run(cur, run_id: int) -> dict[str, TableSummary]:
+    """What load run `run_id` read, loaded, repaired, imputed and rejected, per table."""
+    cur.execute(
+        """SELECT table_name, rows_read, rows_loaded, rows_repaired, rows_imputed, rows_rejected
+           FROM load_run_table WHERE run_id = %s""", (run_id,))
+    return {name: TableSummary(*counts) for name, *counts in cur.fetchall()}
+
+
+def input_key(sources: dict[str, dict], encoding: str) -> str:
+    """What decides a load's outcome besides the tables: the files, their encoding, and the
+    code of the rules with the libraries it runs on."""
+    digest = hashlib.sha256()
+    for name in common.LOAD_ORDER:
+        digest.update(f"{name}:{sources[name]['sha256']}\n".encode())
+    digest.update(f"encoding:{encoding}\n".encode())
+    for library in (np, pd, pa):
+        digest.update(f"{library.__name__}:{library.__version__}\n".encode())
+    for code in (Path(__file__), Path(cleansing.__file__), Path(common.__file__)):
+        digest.update(code.read_bytes())
+    return digest.hexdigest()
+
+
+def rejects_digests(rejects_dir: Path) -> dict[str, str | None]:
+    """The SHA-256 of each rejects file in `rejects_dir` (None where there is none)."""
+    paths = {name: rejects_dir / f"{name}_rejects.csv" for name in common.LOAD_ORDER}
+    return {name: describe_source(path)["sha256"] if path.is_file() else None for name, path in paths.items()}
 
 
 def sql_text(template: str, *names: str):
@@ -492,10 +543,13 @@ def known_customer_ids(cur) -> np.ndarray:
         return np.fromfile(buffer, dtype=np.int64, sep="\n")
 
 
-def record_run(cur, started_at: datetime, sources: dict[str, dict], summaries: dict[str, TableSummary]) -> int:
+def record_run(cur, started_at: datetime, sources: dict[str, dict], summaries: dict[str, TableSummary],
+               key: str, rejects: dict[str, str | None], reused: int | None) -> int:
     cur.execute(
-        "INSERT INTO load_run (started_at, tool_version, source_files) VALUES (%s, %s, %s) RETURNING run_id",
-        (started_at, common.__version__, json.dumps(sources)),
+        """INSERT INTO load_run (started_at, tool_version, source_files, input_key, tables_version,
+               rejects_files, reused_run)
+           VALUES (%s, %s, %s, %s, (SELECT version FROM tables_version), %s, %s) RETURNING run_id""",
+        (started_at, common.__version__, json.dumps(sources), key, json.dumps(rejects), reused),
     )
     run_id = cur.fetchone()[0]
     for name, s in summaries.items():
@@ -769,6 +823,22 @@ def load_bookings(run: Run, destinations: pd.DataFrame) -> None:
     run.finish("booking")
 
 
+def cleanse_and_load(run: Run, stored_destinations: pd.DataFrame, rejects_dir: Path) -> None:
+    """The three files, parents first, cleansed and queued for PostgreSQL; the rejects written."""
+    accepted = load_destinations(run)
+    load_customers(run)
+    load_bookings(run, cleansing.known_destinations(accepted, stored_destinations))
+    for rejects in run.rejects.values():
+        rejects.write(rejects_dir)
+
+
+def unchanged_since(last: LastRun, sources: dict[str, dict], encoding: str, rejects_dir: Path) -> bool:
+    """Whether the load `last` read these files with these rules, and its rejects files are
+    the ones in `rejects_dir`: the tables being as it left them, this load would change
+    nothing and write the same rejects and counts (README, "Stage 3")."""
+    return last.input_key == input_key(sources, encoding) and last.rejects_files == rejects_digests(rejects_dir)
+
+
 def use_jemalloc() -> None:
     """pyarrow's jemalloc pool hands the memory of finished chunks back; its default pool
     (mimalloc) keeps it, about 100 MB more at any size."""
@@ -823,20 +893,28 @@ def transform_and_load(settings: common.Settings, args) -> int:
     columns = {name: check_source(paths[name], name, args.encoding) for name in common.LOAD_ORDER}
 
     log.info("loading into %s", common.describe_database())
+    hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="waddle-sha256")
+    sources = hashing.submit(lambda: {name: describe_source(path) for name, path in paths.items()})
+    hashing.shutdown(wait=False)
     db = Database(common.connect_db("transform_load"))
     run = Run(db, paths, args.encoding, settings.load_chunk_rows, columns)
     try:
         try:
-            stored_destinations, run.filled = db.call(begin_load)
-            accepted = load_destinations(run)
-            load_customers(run)
-            load_bookings(run, cleansing.known_destinations(accepted, stored_destinations))
-            for rejects in run.rejects.values():
-                rejects.write(rejects_dir)
+            stored_destinations, run.filled, last = db.call(begin_load)
+            reused = last if last and unchanged_since(last, sources.result(), args.encoding, rejects_dir) else None
+            if reused:
+                log.info("the files, the rules and the tables are as load run %d left them: nothing to change",
+                         reused.run_id)
+                run.summaries = db.call(counts_of_run, reused.run_id)
+            else:
+                cleanse_and_load(run, stored_destinations, rejects_dir)
             check_reject_rates({name: run.summaries[name] for name in common.TABLES}, max_rate)
             db.call(lambda cur: cur.execute("SET CONSTRAINTS ALL IMMEDIATE"))  # a deferred e-mail clash shows here
             if not args.dry_run:
-                db.call(record_run, started_at, {n: describe_source(p) for n, p in paths.items()}, run.summaries)
+                key = input_key(sources.result(), args.encoding)
+                db.call(record_run, started_at, sources.result(), run.summaries, key,
+                        reused.rejects_files if reused else rejects_digests(rejects_dir),
+                        reused.run_id if reused else None)
         except BaseException:
             db.stop()
             db.end(commit=False)

@@ -7,6 +7,7 @@
 -- It also creates two NOLOGIN group roles (when the executing user may create roles) and
 -- sets their privileges on these tables to exactly:
 --   travel_loader  read, insert and update the pipeline's tables and the audit tables;
+--                  update tables_version (its writes' triggers count them there);
 --                  TEMP tables (for staging). No DELETE, TRUNCATE, DROP or CREATE.
 --   travel_reader  read only (the export).
 -- PUBLIC gets no table privilege: customer holds personal data. An administrator gives a
@@ -94,11 +95,55 @@ CREATE TABLE IF NOT EXISTS load_run_table (
     CHECK (rows_inserted + rows_updated <= rows_loaded)
 );
 
+-- What lets a load skip its work. Every statement that writes destination, customer or
+-- booking (a load, a hand edit, a TRUNCATE) adds one to tables_version.version, in the
+-- writer's own transaction. A load records the version it left beside a digest of its input
+-- (the files, the encoding, the rules' code) and of the rejects files it wrote; the next
+-- load with the same input that finds the same version and the same rejects files has
+-- nothing to change, and takes the counts of that run instead of cleansing again.
+CREATE TABLE IF NOT EXISTS tables_version (
+    one_row  BOOLEAN PRIMARY KEY DEFAULT true CHECK (one_row),
+    version  BIGINT NOT NULL
+);
+INSERT INTO tables_version (version) VALUES (0) ON CONFLICT DO NOTHING;
+
+CREATE OR REPLACE FUNCTION bump_tables_version() RETURNS trigger
+    LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    UPDATE tables_version SET version = version + 1;
+    RETURN NULL;
+END
+$$;
+
+DO $triggers$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['destination', 'customer', 'booking'] LOOP
+        IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = t::regclass AND tgname = t || '_written') THEN
+            EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON %I '
+                           'FOR EACH STATEMENT EXECUTE FUNCTION bump_tables_version()', t || '_written', t);
+        END IF;
+    END LOOP;
+END
+$triggers$;
+
+-- Added with tables_version (ALTER, so that a database an earlier travel.sql built gains them).
+ALTER TABLE load_run
+    -- SHA-256 of the three files' SHA-256, the encoding and the code of the rules
+    ADD COLUMN IF NOT EXISTS input_key TEXT,
+    -- tables_version.version when the run committed
+    ADD COLUMN IF NOT EXISTS tables_version BIGINT,
+    -- {"customer": "<SHA-256 of customer_rejects.csv>", ...}
+    ADD COLUMN IF NOT EXISTS rejects_files JSONB,
+    -- the run whose counts this one took, nothing having changed since (NULL: it cleansed)
+    ADD COLUMN IF NOT EXISTS reused_run BIGINT REFERENCES load_run (run_id);
+
 -- ---------------------------------------------------------------------------------------
 -- Least privilege. Object names below are fixed; nothing here is built from input.
 
 -- Nobody may read or change these tables unless granted below: customer is personal data.
-REVOKE ALL ON destination, customer, booking, load_run, load_run_table FROM PUBLIC;
+REVOKE ALL ON destination, customer, booking, load_run, load_run_table, tables_version FROM PUBLIC;
 DO $public$
 BEGIN
     EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM PUBLIC', pg_get_serial_sequence('load_run', 'run_id'));
@@ -145,8 +190,10 @@ DECLARE
     schema_owner oid := (SELECT nspowner FROM pg_namespace WHERE nspname = current_schema());
 BEGIN
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'travel_loader') THEN
-        REVOKE ALL ON destination, customer, booking, load_run, load_run_table FROM travel_loader;
+        REVOKE ALL ON destination, customer, booking, load_run, load_run_table, tables_version FROM travel_loader;
         GRANT SELECT, INSERT, UPDATE ON destination, customer, booking, load_run, load_run_table TO travel_loader;
+        -- Its writes fire the triggers, which count them in tables_version.
+        GRANT SELECT, UPDATE ON tables_version TO travel_loader;
         EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM travel_loader', run_sequence);
         EXECUTE format('GRANT USAGE ON SEQUENCE %s TO travel_loader', run_sequence);
         EXECUTE format('GRANT USAGE ON SCHEMA %I TO travel_loader', current_schema());
@@ -156,7 +203,7 @@ BEGIN
         END IF;
     END IF;
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'travel_reader') THEN
-        REVOKE ALL ON destination, customer, booking, load_run, load_run_table FROM travel_reader;
+        REVOKE ALL ON destination, customer, booking, load_run, load_run_table, tables_version FROM travel_reader;
         GRANT SELECT ON destination, customer, booking, load_run, load_run_table TO travel_reader;
         EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM travel_reader', run_sequence);
         EXECUTE format('GRANT USAGE ON SCHEMA %I TO travel_reader', current_schema());

@@ -38,7 +38,7 @@ def run_and_check(workdir: Path, out: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(out.read_text())
-    for stage in ("load", "reload", "export", "lambda", "naive"):
+    for stage in ("load", "reload", "recleanse", "export", "lambda", "naive"):
         for name in FIGURES:
             assert figures[stage][name] > 0, (stage, name, figures[stage])
     assert figures["load"]["rows"] == 1000 + 1000 + 50
@@ -52,7 +52,7 @@ def run_and_check(workdir: Path, out: Path) -> None:
     assert duck["tables"]["booking"]["columns_read"] == ["destination_id", "number_of_passengers", "total_booking_value"]
     assert duck["tables"]["destination"]["columns_read"] == ["destination_id", "destination", "country"]
     assert 0 < duck["scanned_bytes"] < duck["stored_bytes"] < duck["export_bytes"]
-    for stage in ("load", "reload", "export", "lambda", "duckdb"):
+    for stage in ("load", "reload", "recleanse", "export", "lambda", "duckdb"):
         assert f"\n{stage} " in result.stdout  # a row of the printed table
     # Services stopped and everything the run wrote removed (no --keep).
     assert list(workdir.iterdir()) == []

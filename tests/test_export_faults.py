@@ -65,12 +65,12 @@ def test_export_faults_during_a_load_is_one_snapshot(schema_db, s3_bucket, tmp_p
     observer = Observer(schema_db)
     try:
         with holder.cursor() as cur:
-            cur.execute("LOCK TABLE load_run IN ACCESS EXCLUSIVE MODE")
+            cur.execute("LOCK TABLE load_run_table IN ACCESS EXCLUSIVE MODE")
         loader = start_stage_script(LOADER, ["--data-dir", str(tmp_path / "later")], stage_env(schema_db), tmp_path)
-        (backend,) = wait_until(lambda: observer.waiting_on_table("load_run"), "the load to reach its audit row",
+        (backend,) = wait_until(lambda: observer.waiting_on_table("load_run_table"), "the load to reach its audit rows",
                                 timeout=60)
         assert observer.rows("SELECT query FROM pg_stat_activity WHERE pid = %s", (backend,))[0][0].startswith(
-            "INSERT INTO load_run")  # customers, destinations and bookings are written, not committed
+            "INSERT INTO load_run_table")  # customers, destinations and bookings are written, not committed
 
         assert export_stage.main(["--date", DAY]) == 0
         during, during_keys = exported_state(s3_bucket)

@@ -81,12 +81,15 @@ COUNTS = ("rows_read", "rows_loaded", "rows_repaired", "rows_imputed", "rows_rej
 @dataclass
 class Load:
     """One run of stage 3 in a scenario: its folder name, its three files, extra variables,
-    and whether it must commit (`loads`) or be refused (`refused`)."""
+    whether it must commit (`loads`) or be refused (`refused`), and the earlier load whose
+    rejects folder it uses (`rejects_of`: then it must take that load's outcome, the input
+    and the tables being unchanged; otherwise it must cleanse)."""
 
     name: str
     files: dict[str, bytes] | Path
     expect: str = "loads"
     env: dict[str, str] = field(default_factory=dict)
+    rejects_of: str | None = None
 
 
 def row_versions(cur) -> dict[str, dict[int, str]]:
@@ -141,7 +144,7 @@ def run_load(url: str, load: Load, folder: Path, monkeypatch, capsys) -> tuple[d
     """Run stage 3 once: its outputs as golden files (name -> bytes), and what is wrong with
     them whatever the goldens say (a refused load that changed a table, say)."""
     data = folder / load.name / "data"
-    rejects = folder / load.name / "rejects"
+    rejects = folder / (load.rejects_of or load.name) / "rejects"
     if isinstance(load.files, Path):
         data = load.files
     else:
@@ -170,10 +173,10 @@ def run_load(url: str, load: Load, folder: Path, monkeypatch, capsys) -> tuple[d
             cur.execute("SELECT count(*) FROM load_run")
             runs_after = cur.fetchone()[0]
             out = {f"tables/{t}.csv": canonical_dump(cur, t) for t in TABLES}
-            sources = None
+            sources = reused = None
             if runs_after > runs_before:
-                cur.execute("SELECT source_files FROM load_run ORDER BY run_id DESC LIMIT 1")
-                sources = cur.fetchone()[0]
+                cur.execute("SELECT source_files, reused_run FROM load_run ORDER BY run_id DESC LIMIT 1")
+                sources, reused = cur.fetchone()
                 out["load_run_table.csv"] = copy_out(cur, sql.SQL(
                     "SELECT table_name, " + ", ".join(COUNTS) + " FROM load_run_table "
                     "WHERE run_id = (SELECT max(run_id) FROM load_run) ORDER BY table_name"))
@@ -214,6 +217,9 @@ def run_load(url: str, load: Load, folder: Path, monkeypatch, capsys) -> tuple[d
             wrong.append("a refused load changed the tables")
     elif (code, printed.err, runs_after) != (0, "", runs_before + 1):
         wrong.append(f"the load must commit: exit {code}, stderr {printed.err!r}")
+    elif (reused is not None) != (load.rejects_of is not None):
+        wrong.append(f"the load must {'take the outcome of run ' if load.rejects_of else 'cleanse, not take that of run '}"
+                     f"{reused or 'before'}")
     return out, wrong
 
 
@@ -661,6 +667,21 @@ def test_load_golden_generated_100k(chunk_rows, generated_100k, pg_admin_url, tm
     loads = [Load("1-first", generated_100k), Load("2-again", generated_100k)]
     check_scenario("generated-100k", loads, pg_admin_url, chunk_rows, tmp_path, monkeypatch, capsys,
                    transform=digests)
+
+
+@pytest.mark.parametrize("scenario", ["sample", "mixed", "generated-100k"])
+def test_load_golden_again_takes_the_first_outcome(scenario, generated_100k, pg_admin_url, tmp_path, monkeypatch,
+                                                   capsys):
+    """The same files again, with the first load's rejects folder: the tables being as that
+    load left them, the second takes its outcome without cleansing (README, "Stage 3"), and
+    that is exactly what cleansing again gave (the same goldens)."""
+    if scenario == "generated-100k":
+        first, again = Load("1-first", generated_100k), Load("2-again", generated_100k)
+    else:
+        first, again = scenario_loads(scenario)
+    again.rejects_of = first.name
+    check_scenario(scenario, [first, again], pg_admin_url, None, tmp_path, monkeypatch, capsys,
+                   transform=digests if scenario == "generated-100k" else lambda out: out)
 
 
 def test_load_golden_covers_the_catalogue():
