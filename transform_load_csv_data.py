@@ -350,9 +350,10 @@ class LastRun:
 
 def last_run(cur) -> LastRun | None:
     cur.execute(
-        """SELECT run_id, input_key, rejects_files FROM load_run
+        """SELECT run_id, input_key, rejects_files FROM load_run r
            WHERE run_id = (SELECT max(run_id) FROM load_run)
-             AND tables_version = (SELECT version FROM tables_version)"""
+             AND tables_version = (SELECT version FROM tables_version)
+             AND (SELECT count(*) FROM load_run_table t WHERE t.run_id = r.run_id) = 3"""
     )
     row = cur.fetchone()
     return LastRun(*row) if row else None
