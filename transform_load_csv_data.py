@@ -723,6 +723,7 @@ class Run:
         self.state = cleansing.FileState()
         self.rejects = {t: Rejects(t, [c for c in columns[t] if not c.startswith("_unnamed_")]) for t in common.LOAD_ORDER}
         self.summaries = {t: TableSummary(0, 0, 0, 0, 0) for t in common.LOAD_ORDER}
+        self.copied_customer_ids = tempfile.TemporaryFile(prefix="waddle-ids-")  # noqa: SIM115  closed by close()
 
     def chunks(self, table: str) -> Iterator[pd.DataFrame]:
         with common.progress(None, table, unit="rows") as bar:
@@ -748,6 +749,18 @@ class Run:
             self.db.submit(stage_new_or_changed, name, rows)
         elif rows.num_rows:
             self.db.submit(copy_rows, name, rows.column_names, as_csv(rows))
+            if name == "customer":
+                rows["customer_id"].to_numpy().tofile(self.copied_customer_ids)
+
+    def known_customer_ids(self) -> np.ndarray:
+        """Whom a booking may name, sorted. Into an empty customer table this load copied
+        every customer it accepted, and only those: no need to wait for PostgreSQL to ask it."""
+        if self.filled["customer"]:
+            return self.db.call(known_customer_ids)
+        self.copied_customer_ids.seek(0)
+        ids = np.fromfile(self.copied_customer_ids, dtype=np.int64)
+        ids.sort()
+        return ids
 
     def finish(self, table: str) -> None:
         """Store the staged rows (a table that held rows); count what was inserted and updated."""
@@ -757,6 +770,11 @@ class Run:
         else:
             summary.inserted = summary.loaded
         log.info("%s: %d rows read, %d inserted, %d updated", table, summary.read, summary.inserted, summary.updated)
+
+    def close(self) -> None:
+        for rejects in self.rejects.values():
+            rejects.close()
+        self.copied_customer_ids.close()
 
 
 def load_destinations(run: Run) -> pd.DataFrame:
@@ -805,7 +823,7 @@ def load_bookings(run: Run, destinations: pd.DataFrame) -> None:
     """Cleanse and store booking.csv: the bookings without a cost wait in a spool for the
     median of the file's costs (rule impute_cost), kept in a file meanwhile."""
     lookup = cleansing.DestinationLookup(destinations)
-    known_customers = run.db.call(known_customer_ids)
+    known_customers = run.known_customer_ids()
     run.begin("booking")
     pending = Spool()
     with tempfile.TemporaryFile(prefix="waddle-costs-") as costs:
@@ -926,8 +944,7 @@ def transform_and_load(settings: common.Settings, args) -> int:
             f"load failed and was rolled back, no table changed: {common.first_line(common.redact(exc))}"
         ) from None
     finally:
-        for rejects in run.rejects.values():
-            rejects.close()
+        run.close()
 
     ordered = {name: run.summaries[name] for name in common.TABLES}
     print(format_summary(ordered, args.dry_run))
