@@ -56,8 +56,9 @@ def exported_state(bucket: str) -> tuple[dict[str, int], dict[str, set[str]]]:
 
 
 def test_export_faults_during_a_load_is_one_snapshot(schema_db, s3_bucket, tmp_path):
-    """A real load has written its rows but not committed (it waits for the audit table the
-    test has locked): the export shows the state before it; after the commit, the state after."""
+    """A real load has written its rows but not committed (it waits to write the audit table the
+    test has locked against writers; reading it, as a load does first, is allowed): the export
+    shows the state before it; after the commit, the state after."""
     loaded_sample(schema_db)
     for name, text in LATER.items():
         write_csv(tmp_path / "later" / name, text)
@@ -65,7 +66,7 @@ def test_export_faults_during_a_load_is_one_snapshot(schema_db, s3_bucket, tmp_p
     observer = Observer(schema_db)
     try:
         with holder.cursor() as cur:
-            cur.execute("LOCK TABLE load_run_table IN ACCESS EXCLUSIVE MODE")
+            cur.execute("LOCK TABLE load_run_table IN EXCLUSIVE MODE")  # readers pass, writers wait
         loader = start_stage_script(LOADER, ["--data-dir", str(tmp_path / "later")], stage_env(schema_db), tmp_path)
         (backend,) = wait_until(lambda: observer.waiting_on_table("load_run_table"), "the load to reach its audit rows",
                                 timeout=60)
