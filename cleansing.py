@@ -7,7 +7,8 @@ chunks instead of the rows: FirstSeen remembers each id and e-mail address alrea
 (rules duplicate_key and duplicate_email), the booking rules take the sorted ids of the
 customers a booking may point to, and a booking without a cost waits (`Table.pending`) until
 the median of the whole file is known (rule impute_cost). Rule email_in_use compares with
-the stored customers, so stage 3 applies it in PostgreSQL.
+the stored customers, so stage 3 applies it in PostgreSQL. The state that grows with a file
+goes to an ArrayStore: memory by default; stage 3 gives one of files, mapped while searched.
 
 cleanse_all() runs every other rule on whole files held in memory, chunk by chunk exactly as
 the stage does: the tests' entry point.
@@ -16,9 +17,10 @@ the stage does: the tests' entry point.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, fields
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -493,18 +495,127 @@ def resolve_destinations(table: Table, destinations: DestinationLookup) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# Where the state that grows with a file is kept (rules 9-11)
+
+
+class ArrayStore(Protocol):
+    """Keeps tuples of arrays: put() gives a handle, open() the arrays again (valid while they
+    are referenced: stage 3's store maps files, unmapped when the arrays are dropped), drop()
+    forgets them."""
+
+    def put(self, arrays: tuple[np.ndarray, ...]) -> object: ...
+
+    def open(self, handle) -> tuple[np.ndarray, ...]: ...
+
+    def drop(self, handle) -> None: ...
+
+
+class InMemory:
+    """The default ArrayStore: the arrays are their own handle."""
+
+    def put(self, arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        return arrays
+
+    def open(self, handle: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        return handle
+
+    def drop(self, handle) -> None:
+        pass
+
+
+IN_MEMORY = InMemory()
+
+MAX_RUN = 1 << 20  # entries: a merge never holds more than two runs of this size twice over
+SPILL_ENTRIES = 1 << 16  # entries: a shorter run stays in memory, whatever the store
+T = TypeVar("T")
+
+
+class SortedRuns:
+    """Runs of arrays sorted by the first (keys, then what goes with them), merged like a
+    binary counter up to MAX_RUN entries: few to search, none large. Runs of SPILL_ENTRIES
+    or more are kept in `store`, and opened one at a time."""
+
+    def __init__(self, store: ArrayStore = IN_MEMORY):
+        self.store = store
+        self._runs: list[tuple[int, ArrayStore, object]] = []  # (entries, where it is kept, handle)
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def add(self, run: tuple[np.ndarray, ...]) -> None:
+        """A non-empty run, sorted by its first array."""
+        self._keep(run)
+        while len(self._runs) > 1 and self._runs[-2][0] <= min(2 * self._runs[-1][0], MAX_RUN - self._runs[-1][0]):
+            (_, b_store, b), (_, a_store, a) = self._runs.pop(), self._runs.pop()
+            self._keep(merge_runs(a_store.open(a), b_store.open(b)))
+            a_store.drop(a)
+            b_store.drop(b)
+
+    def each(self, look: Callable[[tuple[np.ndarray, ...]], T]) -> list[T]:
+        """look(run) for every run, oldest first, each open only meanwhile."""
+        return [look(where.open(handle)) for _, where, handle in self._runs]
+
+    def _keep(self, run: tuple[np.ndarray, ...]) -> None:
+        where = self.store if len(run[0]) >= SPILL_ENTRIES else IN_MEMORY
+        self._runs.append((len(run[0]), where, where.put(run)))
+
+
+def merge_runs(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """Two runs, each sorted by its first array, as one, in linear time."""
+    where_b = np.searchsorted(a[0], b[0]) + np.arange(len(b[0]))
+    where_a = np.ones(len(a[0]) + len(b[0]), dtype=bool)
+    where_a[where_b] = False
+    merged = []
+    for a_part, b_part in zip(a, b):
+        part = np.empty(len(where_a), dtype=np.result_type(a_part, b_part))
+        part[where_a], part[where_b] = a_part, b_part
+        merged.append(part)
+    return tuple(merged)
+
+
+# ---------------------------------------------------------------------------------------
 # Rule 9: customers a booking may name
 
 
-def reject_unknown_customers(table: Table, known: np.ndarray) -> None:
+class SortedKeys:
+    """A set of int64 keys as SortedRuns (stage 3 keeps them in files): the ids of the
+    customers a booking may name."""
+
+    def __init__(self, store: ArrayStore = IN_MEMORY):
+        self._runs = SortedRuns(store)
+
+    def add(self, keys: np.ndarray) -> None:
+        if len(keys):
+            self._runs.add((np.sort(keys),))
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        """Mask of the int64 `keys` that are in the set."""
+        order = np.argsort(keys)  # in order, a run is searched about four times faster
+        wanted = keys[order]
+        hits = np.zeros(len(keys), dtype=bool)
+        for in_run in self._runs.each(lambda run: found_in(run[0], wanted)):
+            hits |= in_run
+        found = np.empty(len(keys), dtype=bool)
+        found[order] = hits
+        return found
+
+
+def found_in(ordered: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Mask of `keys` that are in the sorted, non-empty array `ordered`; only those within its
+    range are looked up (ids added in ascending blocks make runs that barely overlap)."""
+    within = np.flatnonzero((keys >= ordered[0]) & (keys <= ordered[-1]))
+    found = np.zeros(len(keys), dtype=bool)
+    found[within] = ordered[np.searchsorted(ordered, keys[within])] == keys[within]
+    return found
+
+
+def reject_unknown_customers(table: Table, known: SortedKeys) -> None:
     """Rule unknown_customer: a booking's customer must be loaded (now or before); `known`
-    holds their ids, sorted and unique."""
+    holds their ids."""
     ids = table.clean["customer_id"]
     present = ids.notna()
-    wanted = ids[present].astype("int64").to_numpy()
-    at = np.minimum(np.searchsorted(known, wanted), max(len(known) - 1, 0))
     found = pd.Series(False, index=ids.index)
-    found[present] = (known[at] == wanted) if len(known) else False
+    found[present] = known.contains(ids[present].astype("int64").to_numpy())
     table.reject(present & ~found, "unknown_customer: customer_id {} is not loaded", quoted(table.raw["customer_id"]))
 
 
@@ -548,24 +659,20 @@ class Keys:
         return cls(halves, present)
 
 
-MAX_RUN = 1 << 20  # entries: a merge never holds more than two runs of this size twice over
-
-
 class FirstSeen:
     """The first source row of every key accepted so far in a file, about 12 bytes per id
-    (20 per e-mail digest): sorted runs of (key, row), merged like a binary counter up to
-    MAX_RUN entries, so a chunk searches few runs and the memory follows the distinct keys."""
+    (20 per e-mail digest): SortedRuns of (key parts..., row), so a chunk searches few runs
+    and the state follows the distinct keys (in `store`: stage 3's are files)."""
 
-    def __init__(self):
-        self._runs: list[tuple[tuple[np.ndarray, ...], np.ndarray]] = []
+    def __init__(self, store: ArrayStore = IN_MEMORY):
+        self._runs = SortedRuns(store)
 
     def first_rows(self, keys: tuple[np.ndarray, ...], rows: np.ndarray) -> np.ndarray:
         """For each (key, row), rows ascending: the row where the key was first seen, in an
         earlier call or earlier in this one (its own row if nowhere). Remembers new keys."""
         first = np.zeros(len(rows), dtype=np.int64)
-        for run_keys, run_rows in self._runs:
-            found, at = find(run_keys, keys)
-            first[found] = run_rows[at[found]]
+        for found, found_rows in self._runs.each(lambda run: rows_of(run, keys)):
+            first[found] = found_rows
         new = first == 0
         if new.any():
             fresh_keys = pd.DataFrame({i: k[new] for i, k in enumerate(keys)})
@@ -579,11 +686,13 @@ class FirstSeen:
 
     def _add(self, keys: tuple[np.ndarray, ...], rows: np.ndarray) -> None:
         order = np.argsort(keys[0], kind="stable")
-        self._runs.append((tuple(k[order] for k in keys), compact_rows(rows[order])))
-        while len(self._runs) > 1 and len(self._runs[-2][1]) <= min(2 * len(self._runs[-1][1]),
-                                                                      MAX_RUN - len(self._runs[-1][1])):
-            (b_keys, b_rows), (a_keys, a_rows) = self._runs.pop(), self._runs.pop()
-            self._runs.append(merge_runs(a_keys, a_rows, b_keys, b_rows))
+        self._runs.add((*(k[order] for k in keys), compact_rows(rows[order])))
+
+
+def rows_of(run: tuple[np.ndarray, ...], keys: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(found, their first rows) of `keys` in one of FirstSeen's runs: (key parts..., rows)."""
+    found, at = find(run[:-1], keys)
+    return found, run[-1][at[found]]
 
 
 def find(run_keys: tuple[np.ndarray, ...], keys: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -601,21 +710,6 @@ def find(run_keys: tuple[np.ndarray, ...], keys: tuple[np.ndarray, ...]) -> tupl
         if hits.size:
             matched[i], at[i] = True, low[i] + hits[0]
     return matched, at
-
-
-def merge_runs(a_keys, a_rows, b_keys, b_rows) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-    """Two sorted runs as one, in linear time."""
-    where_b = np.searchsorted(a_keys[0], b_keys[0]) + np.arange(len(b_rows))
-    where_a = np.ones(len(a_rows) + len(b_rows), dtype=bool)
-    where_a[where_b] = False
-    keys = []
-    for a, b in zip(a_keys, b_keys):
-        merged = np.empty(len(a) + len(b), dtype=a.dtype)
-        merged[where_a], merged[where_b] = a, b
-        keys.append(merged)
-    rows = np.empty(len(where_a), dtype=np.result_type(a_rows, b_rows))
-    rows[where_a], rows[where_b] = a_rows, b_rows
-    return tuple(keys), rows
 
 
 def compact_rows(rows: np.ndarray) -> np.ndarray:
@@ -642,14 +736,15 @@ def complete_pending(pending: Table, median: int | None) -> Table:
 
 def median_cents(values: np.ndarray) -> int | None:
     """The median of whole cents (of two middle values their mean, a half cent rounding up);
-    None when there are none."""
+    None when there are none. Reorders `values` in place: a sorted copy of a 10M-row file's
+    costs would be stage 3's largest allocation."""
     if not len(values):
         return None
-    ordered = np.sort(values)
-    middle = len(ordered) // 2
-    if len(ordered) % 2:
-        return int(ordered[middle])
-    pair_sum = Decimal(int(ordered[middle - 1]) + int(ordered[middle]))
+    middle = len(values) // 2
+    values.partition([middle] if len(values) % 2 else [middle - 1, middle])
+    if len(values) % 2:
+        return int(values[middle])
+    pair_sum = Decimal(int(values[middle - 1]) + int(values[middle]))
     return int((pair_sum / 2).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
@@ -688,6 +783,11 @@ class FileState:
     destination_ids: FirstSeen = field(default_factory=FirstSeen)
     booking_ids: FirstSeen = field(default_factory=FirstSeen)
 
+    @classmethod
+    def kept_in(cls, store: ArrayStore) -> FileState:
+        """A new state whose larger runs `store` keeps."""
+        return cls(*(FirstSeen(store) for _ in fields(cls)))
+
 
 def rules_of_every_table(name: str, raw: pd.DataFrame) -> tuple[Table, pd.Series]:
     """Rules 1-6 on a chunk of `name`.csv: (the table, its keys)."""
@@ -723,12 +823,12 @@ def cleanse_destinations(raw: pd.DataFrame, state: FileState | None = None) -> T
 
 
 def cleanse_bookings(raw: pd.DataFrame, destinations: DestinationLookup | None = None,
-                     known_customers: np.ndarray | None = None, state: FileState | None = None) -> Table:
+                     known_customers: SortedKeys | None = None, state: FileState | None = None) -> Table:
     """Rules 1-10 and the total on a chunk of booking.csv. A booking without a cost that
     passes them is left pending (`table.pending`) until complete_pending() gives it the
     median of the whole file's costs, which are collected in `table.costs` (rule impute_cost)."""
     destinations = destinations or DestinationLookup(pd.DataFrame({"destination_id": [], "destination": []}))
-    known_customers = np.empty(0, dtype=np.int64) if known_customers is None else known_customers
+    known_customers = SortedKeys() if known_customers is None else known_customers
     state = state or FileState()
     table, ids = rules_of_every_table("booking", raw)
     customer_ids = parse_key(table, "customer_id")
@@ -763,10 +863,11 @@ def cleanse_all(
     customers = Table.concat([cleanse_customers(c, state) for c in chunks(raw["customer"], chunk_rows)])
     destinations = Table.concat([cleanse_destinations(c, state) for c in chunks(raw["destination"], chunk_rows)])
     lookup = DestinationLookup(known_destinations(destinations.accepted(), stored_destinations))
-    known_customers = np.unique(np.concatenate([
+    known_customers = SortedKeys()
+    known_customers.add(np.unique(np.concatenate([
         customers.accepted()["customer_id"].to_numpy(dtype=np.int64),
         np.fromiter(stored_customer_ids, dtype=np.int64),
-    ]))
+    ])))
     parts = [cleanse_bookings(c, lookup, known_customers, state) for c in chunks(raw["booking"], chunk_rows)]
     median = median_cents(np.concatenate([p.costs for p in parts]))
     completed = complete_pending(Table.concat([p.take(p.pending) for p in parts]), median)

@@ -25,6 +25,7 @@ import argparse
 import codecs
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -62,6 +63,7 @@ log = logging.getLogger("data_waddle.transform_load")
 LOAD_LOCK_KEY = 0x5741_4444  # pg advisory lock shared by every loader ("WADD")
 READ_BLOCK_BYTES = 1 << 20
 QUEUE_DEPTH = 2  # finished chunks waiting for the database: memory stays bounded when it is slower
+IDS_BLOCK_BYTES = 1 << 23  # the stored customers' ids are read about a million at a time
 
 # The loaded columns of each table, in COPY order, and how they travel: text, except numbers
 # and flags (dates and money stay text until PostgreSQL stores them).
@@ -534,14 +536,20 @@ def reject_emails_in_use(cur) -> list[tuple[int, int, bool]]:
     return sorted(rejected)
 
 
-def known_customer_ids(cur) -> np.ndarray:
-    """The ids of every stored customer (this run's included), sorted: whom a booking may name."""
+def known_customer_ids(cur, store: cleansing.ArrayStore) -> cleansing.SortedKeys:
+    """The ids of every stored customer (this run's included), kept in `store`: whom a
+    booking may name. Read in ascending blocks, they make runs that do not overlap."""
+    known = cleansing.SortedKeys(store)
     with tempfile.TemporaryFile(prefix="waddle-ids-") as buffer:
         cur.copy_expert("COPY (SELECT customer_id FROM customer ORDER BY 1) TO STDOUT", buffer)
-        if not buffer.tell():
-            return np.empty(0, dtype=np.int64)
-        buffer.seek(0)
-        return np.fromfile(buffer, dtype=np.int64, sep="\n")
+        if buffer.tell():
+            buffer.seek(0)
+            blocks = pacsv.open_csv(buffer, read_options=pacsv.ReadOptions(
+                column_names=["id"], block_size=IDS_BLOCK_BYTES, use_threads=False,
+            ), convert_options=pacsv.ConvertOptions(column_types={"id": pa.int64()}))
+            for block in blocks:
+                known.add(block.column(0).to_numpy())
+    return known
 
 
 def record_run(cur, started_at: datetime, sources: dict[str, dict], summaries: dict[str, TableSummary],
@@ -594,6 +602,29 @@ def as_csv(rows: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pacsv.write_csv(rows, sink, write_options=pacsv.WriteOptions(include_header=False))
     return sink.getvalue().to_pybytes()
+
+
+class SpilledArrays:
+    """cleansing's ArrayStore in files: put() saves .npy files in `folder`, open() maps them.
+    The state that grows with a file (FirstSeen's runs, the known customers' ids) thus leaves
+    the process's memory once searched; the page cache keeps it while memory allows."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._names = itertools.count()
+
+    def put(self, arrays: tuple[np.ndarray, ...]) -> tuple[Path, ...]:
+        paths = tuple(self.folder / f"{next(self._names)}.npy" for _ in arrays)
+        for path, array in zip(paths, arrays):
+            np.save(path, array)
+        return paths
+
+    def open(self, handle: tuple[Path, ...]) -> tuple[np.ndarray, ...]:
+        return tuple(np.load(path, mmap_mode="r") for path in handle)
+
+    def drop(self, handle: tuple[Path, ...]) -> None:
+        for path in handle:
+            path.unlink()
 
 
 class Spool:
@@ -720,10 +751,12 @@ class Run:
                  columns: dict[str, list[str]]):
         self.db, self.paths, self.encoding, self.chunk_rows = db, paths, encoding, chunk_rows
         self.filled: dict[str, bool] = {}
-        self.state = cleansing.FileState()
+        self.state_dir = tempfile.TemporaryDirectory(prefix="waddle-state-")  # noqa: SIM115  removed by close()
+        self.spilled = SpilledArrays(Path(self.state_dir.name))
+        self.state = cleansing.FileState.kept_in(self.spilled)
         self.rejects = {t: Rejects(t, [c for c in columns[t] if not c.startswith("_unnamed_")]) for t in common.LOAD_ORDER}
         self.summaries = {t: TableSummary(0, 0, 0, 0, 0) for t in common.LOAD_ORDER}
-        self.copied_customer_ids = tempfile.TemporaryFile(prefix="waddle-ids-")  # noqa: SIM115  closed by close()
+        self.copied_customer_ids = cleansing.SortedKeys(self.spilled)
 
     def chunks(self, table: str) -> Iterator[pd.DataFrame]:
         with common.progress(None, table, unit="rows") as bar:
@@ -750,17 +783,14 @@ class Run:
         elif rows.num_rows:
             self.db.submit(copy_rows, name, rows.column_names, as_csv(rows))
             if name == "customer":
-                rows["customer_id"].to_numpy().tofile(self.copied_customer_ids)
+                self.copied_customer_ids.add(rows["customer_id"].to_numpy())
 
-    def known_customer_ids(self) -> np.ndarray:
-        """Whom a booking may name, sorted. Into an empty customer table this load copied
-        every customer it accepted, and only those: no need to wait for PostgreSQL to ask it."""
+    def known_customer_ids(self) -> cleansing.SortedKeys:
+        """Whom a booking may name. Into an empty customer table this load copied every
+        customer it accepted, and only those: no need to wait for PostgreSQL to ask it."""
         if self.filled["customer"]:
-            return self.db.call(known_customer_ids)
-        self.copied_customer_ids.seek(0)
-        ids = np.fromfile(self.copied_customer_ids, dtype=np.int64)
-        ids.sort()
-        return ids
+            return self.db.call(known_customer_ids, self.spilled)
+        return self.copied_customer_ids
 
     def finish(self, table: str) -> None:
         """Store the staged rows (a table that held rows); count what was inserted and updated."""
@@ -772,9 +802,10 @@ class Run:
         log.info("%s: %d rows read, %d inserted, %d updated", table, summary.read, summary.inserted, summary.updated)
 
     def close(self) -> None:
+        """Remove the rejects' spools and the state's files, however the load ended."""
         for rejects in self.rejects.values():
             rejects.close()
-        self.copied_customer_ids.close()
+        self.state_dir.cleanup()
 
 
 def load_destinations(run: Run) -> pd.DataFrame:

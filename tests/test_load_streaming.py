@@ -6,7 +6,9 @@ Each is checked against a plain model (a whole-file read, a dict, a sort) at man
 
 from __future__ import annotations
 
+import tempfile
 import threading
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -93,16 +95,24 @@ def first_rows_model(batches):
 @settings(max_examples=200, deadline=None, derandomize=True)
 @given(values=st.lists(st.tuples(st.integers(-3, 3), st.integers(0, 2)), max_size=120),
        sizes=st.lists(st.integers(1, 9), min_size=1, max_size=40), two_parts=st.booleans(),
-       max_run=st.sampled_from([3, 8, cleansing.MAX_RUN]))
-@example(values=[(1, 0), (1, 1), (1, 0), (1, 2), (1, 1)], sizes=[1], two_parts=True, max_run=8)  # equal first halves
-def test_load_streaming_first_seen_agrees_with_a_dict(values, sizes, two_parts, max_run):
-    seen, batches, start, row = cleansing.FirstSeen(), [], 0, 1
-    got = []
-    default, cleansing.MAX_RUN = cleansing.MAX_RUN, max_run  # capped runs: several stay apart
-    try:
-        check_first_seen(seen, batches, values, sizes, two_parts, got, start, row)
-    finally:
-        cleansing.MAX_RUN = default
+       max_run=st.sampled_from([3, 8, cleansing.MAX_RUN]), spill=st.sampled_from([None, 1, 4]))
+# Equal first halves, in memory and in files.
+@example(values=[(1, 0), (1, 1), (1, 0), (1, 2), (1, 1)], sizes=[1], two_parts=True, max_run=8, spill=None)
+@example(values=[(1, 0), (1, 1), (1, 0), (1, 2), (1, 1)], sizes=[1], two_parts=True, max_run=8, spill=1)
+def test_load_streaming_first_seen_agrees_with_a_dict(values, sizes, two_parts, max_run, spill):
+    # spill: runs of that many entries or more go to files, as stage 3 keeps them (None: all in memory).
+    with tempfile.TemporaryDirectory() as folder:
+        store = cleansing.IN_MEMORY if spill is None else stage.SpilledArrays(Path(folder))
+        seen, batches, start, row = cleansing.FirstSeen(store), [], 0, 1
+        got = []
+        defaults = cleansing.MAX_RUN, cleansing.SPILL_ENTRIES
+        cleansing.MAX_RUN, cleansing.SPILL_ENTRIES = max_run, spill or defaults[1]  # capped runs: several stay apart
+        try:
+            check_first_seen(seen, batches, values, sizes, two_parts, got, start, row)
+        finally:
+            cleansing.MAX_RUN, cleansing.SPILL_ENTRIES = defaults
+        kept = {path for _, where, handle in seen._runs._runs if where is not cleansing.IN_MEMORY for path in handle}
+        assert set(Path(folder).iterdir()) == kept  # a merged run's files are gone
     assert got == first_rows_model(batches)
 
 
@@ -125,6 +135,27 @@ def test_load_streaming_first_seen_keeps_few_runs():
     assert len(seen._runs) <= 8
     assert seen.first_rows((np.array([5, 99_999, 100_000]),), np.array([200_001, 200_002, 200_003])).tolist() == [
         6, 100_000, 200_003]
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(ids=st.lists(st.integers(-50, 50), unique=True), cuts=st.lists(st.integers(0, 100), max_size=8),
+       ascending=st.booleans())
+def test_load_streaming_known_ids_in_files_agree_with_isin(ids, cuts, ascending):
+    # Ids added in blocks, ascending (read from PostgreSQL) or in file order (as copied); every
+    # run in a file of its own, several runs kept apart. Every number around them is asked for.
+    ids = sorted(ids) if ascending else ids
+    queries = np.arange(-51, 52, dtype=np.int64)
+    with tempfile.TemporaryDirectory() as folder:
+        known = cleansing.SortedKeys(stage.SpilledArrays(Path(folder)))
+        defaults = cleansing.MAX_RUN, cleansing.SPILL_ENTRIES
+        cleansing.MAX_RUN, cleansing.SPILL_ENTRIES = 8, 1
+        try:
+            for block in np.split(np.array(ids, dtype=np.int64), sorted(cuts)):
+                known.add(block)
+            got = known.contains(queries)
+        finally:
+            cleansing.MAX_RUN, cleansing.SPILL_ENTRIES = defaults
+    assert got.tolist() == np.isin(queries, ids).tolist()
 
 
 # ---------------------------------------------------------------------------------------
@@ -253,3 +284,39 @@ def test_load_streaming_pending_bookings_are_completed_after_the_last_chunk(sche
     assert imputed == [(14, "10.25", "20.50")]
     assert query(schema_db, "SELECT rows_read, rows_loaded, rows_imputed FROM load_run_table "
                             "WHERE table_name = 'booking'") == [(70, 70, 14)]
+
+
+@pytest.mark.parametrize("case", ["first", "again", "refused"])
+def test_load_streaming_state_files_are_removed_when_the_load_ends(schema_db, tmp_path, monkeypatch, case):
+    from support.database import query
+
+    monkeypatch.setenv("LOAD_CHUNK_ROWS", "7")
+    data = dataset(tmp_path / "data", 70)
+    arguments = ["--data-dir", str(data), "--rejects-dir", str(tmp_path / "rejects")]
+    if case == "again":  # after a write, so that it cleanses again and reads the stored customers' ids
+        assert stage.main(arguments) == 0
+        query(schema_db, "UPDATE destination SET destination = destination WHERE false")
+    # Every run spilled, the stored customers' ids read a few at a time: all of the state in
+    # files, under a temporary folder of this test's own.
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    monkeypatch.setattr(cleansing, "SPILL_ENTRIES", 1)
+    monkeypatch.setattr(stage, "IDS_BLOCK_BYTES", 16)
+    puts, put = [], stage.SpilledArrays.put
+    monkeypatch.setattr(stage.SpilledArrays, "put", lambda self, arrays: puts.append(arrays) or put(self, arrays))
+    if case == "refused":
+        query(schema_db, """
+            CREATE FUNCTION refuse_booking() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN IF NEW.booking_id = 60 THEN RAISE EXCEPTION 'refused booking 60'; END IF; RETURN NEW; END $$;
+            CREATE TRIGGER refuse BEFORE INSERT ON booking FOR EACH ROW EXECUTE FUNCTION refuse_booking();
+        """)
+
+    code = stage.main(arguments)
+
+    assert code == (1 if case == "refused" else 0)
+    assert len(puts) > 10
+    assert list(temporary.iterdir()) == []
+    if case != "refused":  # every booking's customer was found among the runs of known ids
+        assert query(schema_db, "SELECT rows_loaded FROM load_run_table WHERE table_name = 'booking' "
+                                "ORDER BY run_id DESC LIMIT 1") == [(70,)]
