@@ -435,25 +435,16 @@ def parquet_batch(data: bytes, table: str) -> bytes:
     """
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.csv as pa_csv
     import pyarrow.parquet as pq
 
     schema = arrow_schema(table)
     if not data:  # an empty table: one file with the schema and no rows
         typed = schema.empty_table()
     else:
+        # On one thread (read_copy_csv): batches already convert on --workers threads; Arrow's
+        # own pool only contended with them (1M bookings: 4.3 s and 230 MB against 5.8 s and 269 MB).
         text_first = {f.name: pa.string() if pa.types.is_decimal(f.type) else f.type for f in schema}
-        read = pa_csv.read_csv(
-            pa.py_buffer(data),
-            # One thread: batches already convert on --workers threads; Arrow's own pool only
-            # contended with them (1M bookings: 4.3 s and 230 MB against 5.8 s and 269 MB).
-            read_options=pa_csv.ReadOptions(column_names=schema.names, use_threads=False),
-            parse_options=pa_csv.ParseOptions(newlines_in_values=True),
-            convert_options=pa_csv.ConvertOptions(
-                column_types=text_first, null_values=[""], strings_can_be_null=True,
-                quoted_strings_can_be_null=False, true_values=["t"], false_values=["f"],
-            ),
-        )
+        read = common.read_copy_csv(data, schema.names, text_first)
         columns = [pc.cast(read[f.name], f.type) for f in schema]
         for field, column in zip(schema, columns):
             if not field.nullable and column.null_count:

@@ -22,18 +22,15 @@ Example:
 from __future__ import annotations
 
 import argparse
-import codecs
 import hashlib
 import io
-import itertools
 import json
 import logging
 import os
 import pickle
 import tempfile
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,8 +58,6 @@ from cleansing import (  # noqa: F401  the tests reach the rules through this mo
 log = logging.getLogger("data_waddle.transform_load")
 
 LOAD_LOCK_KEY = 0x5741_4444  # pg advisory lock shared by every loader ("WADD")
-READ_BLOCK_BYTES = 1 << 20
-QUEUE_DEPTH = 2  # finished chunks waiting for the database: memory stays bounded when it is slower
 IDS_BLOCK_BYTES = 1 << 23  # the stored customers' ids are read about a million at a time
 
 # The loaded columns of each table, in COPY order, and how they travel: text, except numbers
@@ -83,24 +78,6 @@ STAGE_EXTRA = {"customer": ("source_row", "repaired")}
 # Reading
 
 
-def check_source(path: Path, table: str, encoding: str) -> list[str]:
-    """The header's column names (a blank one, a pandas index column, as `_unnamed_<n>`).
-    Refuses (ConfigError) a missing or empty file, a repeated column, a missing column."""
-    if not path.is_file():
-        raise common.ConfigError(f"{path} not found; run download_dataset.py or pass --data-dir")
-    try:
-        header = common.read_header(path, encoding)
-    except UnicodeDecodeError as exc:
-        raise not_encoded(path, encoding, exc) from None
-    names = unique_header(header, path)
-    missing = common.missing_columns(table, names)
-    if missing:
-        raise common.ConfigError(
-            f"{path.name} lacks column(s) {', '.join(missing)}; columns found: {', '.join(header) or '(none)'}"
-        )
-    return names
-
-
 def read_chunks(path: Path, table: str, encoding: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
     """The file's data records in chunks of `chunk_rows`, as text columns, with `source_row`
     = the record's 1-based number (README, "Cleansing rules").
@@ -108,9 +85,9 @@ def read_chunks(path: Path, table: str, encoding: str, chunk_rows: int) -> Itera
     A record whose field count differs from the header's is kept as a row with every column
     missing, its text in `raw_record` and its count in `field_count`: rule wrong_field_count
     rejects it."""
-    names = check_source(path, table, encoding)
+    names = common.check_source(path, table, encoding)
     keep = [n for n in names if not n.startswith("_unnamed_")]
-    for records, numbers, malformed in numbered_records(path, len(names), encoding, chunk_rows):
+    for records, numbers, malformed in common.numbered_records(path, len(names), encoding, chunk_rows):
         frame = records.to_pandas(types_mapper={pa.string(): TEXT_DTYPE}.get)
         frame.columns = names
         frame = frame[keep]
@@ -125,86 +102,6 @@ def read_chunks(path: Path, table: str, encoding: str, chunk_rows: int) -> Itera
             frame = frame.astype({name: TEXT_DTYPE for name in keep})
         frame.attrs["header_fields"] = len(names)  # the index column pandas writes included
         yield frame
-
-
-def numbered_records(path: Path, fields: int, encoding: str, chunk_rows: int):
-    """(well-formed records as text columns f0.., their numbers, [(number, field count, text)]
-    of the malformed records among them) for each chunk of `chunk_rows` well-formed records,
-    in file order; records are numbered from 1, the header not counted, empty lines neither.
-
-    A record larger than the read block (a 3 MB value) makes pyarrow stop: the file is read
-    again with a larger block, skipping the records already given."""
-    malformed: dict[int, tuple[int, str]] = {}
-    placed = [1]  # malformed records numbered below this were given already
-    block, given, next_number = READ_BLOCK_BYTES, 0, 1
-    while True:
-        pending: list[pa.RecordBatch] = []
-        skip = given + 1  # the header, and the records given before a re-read
-        try:
-            for batch in record_batches(path, fields, encoding, block, malformed, placed):
-                cut = min(skip, batch.num_rows)
-                pending.append(batch.slice(cut))
-                skip -= cut
-                while sum(b.num_rows for b in pending) >= chunk_rows:
-                    rows, pending = split_rows(pending, chunk_rows)
-                    numbers, odd = place(next_number, rows.num_rows, malformed)
-                    given, next_number = given + rows.num_rows, int(numbers[-1]) + 1
-                    placed[0] = next_number
-                    yield rows, numbers, odd
-            break
-        except pa.ArrowInvalid as exc:
-            if "straddl" in str(exc) and block < path.stat().st_size:
-                block *= 16
-                continue
-            raise malformed_file(path, encoding, exc) from None
-    schema = pa.schema([(f"f{i}", pa.string()) for i in range(fields)])
-    rows = pa.Table.from_batches(pending, schema=schema)
-    numbers, odd = place(next_number, rows.num_rows, malformed, last=True)
-    yield rows, numbers, odd
-
-
-def record_batches(path: Path, fields: int, encoding: str, block: int, malformed: dict, placed: list[int]):
-    """pyarrow's streaming reader over the file, the header as the first record; it hands
-    malformed records to `malformed` by number. One thread: only then are records numbered."""
-
-    def keep_malformed(row) -> str:
-        number = row.number - 1  # pyarrow counts the header as record 1
-        if number >= placed[0]:
-            malformed[number] = (row.actual_columns, row.text)
-        return "skip"
-
-    return pacsv.open_csv(
-        path,
-        read_options=pacsv.ReadOptions(
-            autogenerate_column_names=True, encoding=arrow_encoding(encoding), use_threads=False, block_size=block,
-        ),
-        parse_options=pacsv.ParseOptions(newlines_in_values=True, ignore_empty_lines=True, invalid_row_handler=keep_malformed),
-        convert_options=pacsv.ConvertOptions(
-            column_types={f"f{i}": pa.string() for i in range(fields)},
-            strings_can_be_null=False, quoted_strings_can_be_null=False,
-        ),
-    )
-
-
-def split_rows(batches: list[pa.RecordBatch], rows: int) -> tuple[pa.Table, list[pa.RecordBatch]]:
-    """The first `rows` rows of `batches` as a table, and the batches left."""
-    table = pa.Table.from_batches(batches)
-    return table.slice(0, rows), table.slice(rows).to_batches()
-
-
-def place(first: int, count: int, malformed: dict[int, tuple[int, str]], last: bool = False):
-    """(numbers of `count` well-formed records read from record `first` on, the malformed
-    records among them) given the malformed records' numbers; `last`: every one left."""
-    bad = sorted(number for number in malformed if number >= first)
-    between = 0
-    while between < len(bad) and bad[between] < first + count + between:
-        between += 1
-    taken = bad if last else bad[:between]
-    numbers = np.arange(first, first + count + between, dtype=np.int64)
-    if taken:
-        numbers = numbers[~np.isin(numbers, taken)]
-    odd = [(number, *malformed.pop(number)) for number in taken]
-    return numbers, odd
 
 
 def read_source(path: Path, table: str, encoding: str = "utf-8", chunk_rows: int = 1_000_000) -> pd.DataFrame:
@@ -222,98 +119,8 @@ def cleanse_all(raw: dict[str, pd.DataFrame], stored_destinations: pd.DataFrame 
     return cleansing.cleanse_all(raw, stored_destinations, stored_customer_ids, chunk_rows)
 
 
-def arrow_encoding(encoding: str) -> str:
-    return "utf8" if common.python_encoding(encoding) == "utf-8-sig" else encoding
-
-
-def not_encoded(path: Path, encoding: str, exc: UnicodeDecodeError) -> common.ConfigError:
-    return common.ConfigError(
-        f"{path.name} is not {encoding} text ({exc.reason} at byte {exc.start}); "
-        "convert it (iconv -f latin1 -t utf-8) or pass --encoding latin-1"
-    )
-
-
-def malformed_file(path: Path, encoding: str, exc: Exception) -> common.ConfigError:
-    """The refusal for a file pyarrow cannot read: bytes that are not `encoding` (named with
-    the offset Python's decoder finds), or another parse error."""
-    decoder = codecs.getincrementaldecoder(common.python_encoding(encoding))()
-    offset = 0
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            try:
-                decoder.decode(block)
-            except UnicodeDecodeError as bad:
-                return not_encoded(path, encoding, UnicodeDecodeError(
-                    bad.encoding, bad.object, offset + bad.start, offset + bad.end, bad.reason))
-            offset += len(block)
-    return common.ConfigError(f"{path.name} is not a well-formed CSV file: {common.first_line(exc)}")
-
-
-def unique_header(header: list[str], path: Path) -> list[str]:
-    """Header names, with blank ones (a pandas index column) renamed; a repeated name is refused."""
-    if not header:
-        raise common.ConfigError(f"{path.name} is empty: no header row")
-    names: list[str] = []
-    for position, name in enumerate(header):
-        if not name or name.startswith("unnamed:"):
-            name = f"_unnamed_{position}"
-        elif name in names:
-            raise common.ConfigError(f"{path.name} has column {name!r} more than once")
-        names.append(name)
-    return names
-
-
 # ---------------------------------------------------------------------------------------
-# The database thread
-
-
-class Database:
-    """The one thread that uses the connection: jobs (functions of a cursor) run there in
-    the order given; at most QUEUE_DEPTH wait, so a slow database holds the cleansing back
-    instead of letting finished chunks pile up. After a failure the jobs left are skipped
-    and the next submit raises it."""
-
-    def __init__(self, conn):
-        self.conn = conn
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="waddle-db")
-        self._slots = threading.BoundedSemaphore(QUEUE_DEPTH)
-        self._failure: BaseException | None = None
-
-    def submit(self, job: Callable, *args) -> Future:
-        if self._failure is not None:
-            raise self._failure
-        self._slots.acquire()
-        future = self._pool.submit(self._run, job, args)
-        future.add_done_callback(lambda _: self._slots.release())
-        return future
-
-    def call(self, job: Callable, *args):
-        return self.submit(job, *args).result()
-
-    def _run(self, job: Callable, args):
-        if self._failure is not None:
-            raise self._failure
-        try:
-            with self.conn.cursor() as cur:
-                return job(cur, *args)
-        except BaseException as exc:
-            self._failure = exc
-            raise
-
-    def end(self, commit: bool) -> None:
-        """Commit or roll back, close the connection, and stop the thread."""
-        conn = self.conn
-        try:
-            self._pool.submit(lambda: (conn.commit() if commit else conn.rollback(), conn.close())).result()
-        finally:
-            self._pool.shutdown(wait=True)
-
-    def stop(self) -> None:
-        """Skip the jobs waiting and stop the statement running (from this other thread, the
-        one use psycopg2 allows): a COPY, or the wait for the load lock."""
-        self._failure = self._failure or common.PipelineError("load stopped")
-        self.conn.cancel()
-
+# On the database thread (common.ConnectionThread): locks, staging, comparing, storing
 
 
 def take_load_lock(cur) -> None:
@@ -432,23 +239,8 @@ def stored_rows(cur, table: str, keys: pa.ChunkedArray) -> pa.Table:
     buffer = io.BytesIO()
     wanted = "{" + ",".join(map(str, keys.to_numpy().tolist())) + "}"  # a bigint[] literal: ids are digits
     cur.copy_expert(cur.mogrify(statement, (wanted,)).decode(), buffer)
-    if not buffer.tell():
-        return LOAD_SCHEMAS[table].empty_table()
-    buffer.seek(0)
-    block = READ_BLOCK_BYTES
-    while True:  # a stored row larger than the block (a 3 MB name) is read again with a larger one
-        try:
-            return pacsv.read_csv(buffer, read_options=pacsv.ReadOptions(column_names=list(LOAD_COLUMNS[table]), block_size=block),
-                                  parse_options=pacsv.ParseOptions(newlines_in_values=True),
-                                  convert_options=pacsv.ConvertOptions(
-                                      column_types=LOAD_SCHEMAS[table], true_values=["t"], false_values=["f"],
-                                      # NULL is the empty unquoted field, nothing else: a stored 'NA' is text.
-                                      null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False))
-        except pa.ArrowInvalid as exc:
-            if "straddl" not in str(exc) or block > len(buffer.getbuffer()):
-                raise
-            buffer.seek(0)
-            block *= 16
+    schema = LOAD_SCHEMAS[table]
+    return common.read_copy_csv(buffer.getbuffer(), schema.names, dict(zip(schema.names, schema.types)))
 
 
 def new_or_changed(rows: pa.Table, stored: pa.Table, key: str) -> np.ndarray:
@@ -605,26 +397,37 @@ def as_csv(rows: pa.Table) -> bytes:
 
 
 class SpilledArrays:
-    """cleansing's ArrayStore in files: put() saves .npy files in `folder`, open() maps them.
-    The state that grows with a file (FirstSeen's runs, the known customers' ids) thus leaves
-    the process's memory once searched; the page cache keeps it while memory allows."""
+    """cleansing's ArrayStore in temporary files: put() writes each array to a file that has
+    no name (a killed load leaves nothing behind), open() maps it. The state that grows with
+    a file (FirstSeen's runs, the known customers' ids) thus leaves the process's memory once
+    searched; the page cache keeps it while memory allows."""
 
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self._names = itertools.count()
+    def __init__(self):
+        self.live: set = set()  # the files of the runs kept: close() closes those left
 
-    def put(self, arrays: tuple[np.ndarray, ...]) -> tuple[Path, ...]:
-        paths = tuple(self.folder / f"{next(self._names)}.npy" for _ in arrays)
-        for path, array in zip(paths, arrays):
-            np.save(path, array)
-        return paths
+    def put(self, arrays: tuple[np.ndarray, ...]) -> tuple[tuple, ...]:
+        handle = []
+        for array in arrays:
+            file = tempfile.TemporaryFile(prefix="waddle-state-")  # noqa: SIM115  closed by drop() or close()
+            self.live.add(file)
+            np.ascontiguousarray(array).tofile(file)
+            file.flush()
+            handle.append((file, array.dtype, len(array)))
+        return tuple(handle)
 
-    def open(self, handle: tuple[Path, ...]) -> tuple[np.ndarray, ...]:
-        return tuple(np.load(path, mmap_mode="r") for path in handle)
+    def open(self, handle: tuple[tuple, ...]) -> tuple[np.ndarray, ...]:
+        return tuple(np.memmap(file, dtype=dtype, mode="r", shape=(length,)) if length else np.empty(0, dtype)
+                     for file, dtype, length in handle)
 
-    def drop(self, handle: tuple[Path, ...]) -> None:
-        for path in handle:
-            path.unlink()
+    def drop(self, handle: tuple[tuple, ...]) -> None:
+        for file, _, _ in handle:  # a mapping still open stays valid until it is dropped
+            self.live.discard(file)
+            file.close()
+
+    def close(self) -> None:
+        for file in self.live:
+            file.close()
+        self.live.clear()
 
 
 class Spool:
@@ -747,12 +550,11 @@ def format_summary(summaries: dict[str, TableSummary], dry_run: bool) -> str:
 class Run:
     """One load: the phases share the database thread, the file state, the rejects, the counts."""
 
-    def __init__(self, db: Database, paths: dict[str, Path], encoding: str, chunk_rows: int,
+    def __init__(self, db: common.ConnectionThread, paths: dict[str, Path], encoding: str, chunk_rows: int,
                  columns: dict[str, list[str]]):
         self.db, self.paths, self.encoding, self.chunk_rows = db, paths, encoding, chunk_rows
         self.filled: dict[str, bool] = {}
-        self.state_dir = tempfile.TemporaryDirectory(prefix="waddle-state-")  # noqa: SIM115  removed by close()
-        self.spilled = SpilledArrays(Path(self.state_dir.name))
+        self.spilled = SpilledArrays()
         self.state = cleansing.FileState.kept_in(self.spilled)
         self.rejects = {t: Rejects(t, [c for c in columns[t] if not c.startswith("_unnamed_")]) for t in common.LOAD_ORDER}
         self.summaries = {t: TableSummary(0, 0, 0, 0, 0) for t in common.LOAD_ORDER}
@@ -805,7 +607,7 @@ class Run:
         """Remove the rejects' spools and the state's files, however the load ended."""
         for rejects in self.rejects.values():
             rejects.close()
-        self.state_dir.cleanup()
+        self.spilled.close()
 
 
 def load_destinations(run: Run) -> pd.DataFrame:
@@ -940,13 +742,13 @@ def transform_and_load(settings: common.Settings, args) -> int:
     max_rate = settings.max_reject_rate if args.max_reject_rate is None else args.max_reject_rate
     paths = {name: data_dir / f"{name}.csv" for name in common.LOAD_ORDER}
     make_rejects_dir(rejects_dir)
-    columns = {name: check_source(paths[name], name, args.encoding) for name in common.LOAD_ORDER}
+    columns = {name: common.check_source(paths[name], name, args.encoding) for name in common.LOAD_ORDER}
 
     log.info("loading into %s", common.describe_database())
     hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="waddle-sha256")
     sources = hashing.submit(lambda: {name: describe_source(path) for name, path in paths.items()})
     hashing.shutdown(wait=False)
-    db = Database(common.connect_db("transform_load"))
+    db = common.ConnectionThread(common.connect_db("transform_load"))
     run = Run(db, paths, args.encoding, settings.load_chunk_rows, columns)
     try:
         try:

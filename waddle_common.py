@@ -1,4 +1,6 @@
-"""Plumbing shared by the data-waddle stage scripts: configuration, connections, logging, errors.
+"""Plumbing shared by the data-waddle stage scripts: configuration, connections, logging,
+errors, the tables' declaration, and reading CSV files (the input in numbered chunks, and the
+CSV that PostgreSQL's COPY writes).
 
 Every stage script (download_dataset.py, transform_load_csv_data.py,
 batch_transfer_data_to_cloud_storage.py) builds its command line with `stage_parser()`
@@ -27,10 +29,15 @@ import os
 import re
 import stat
 import sys
+import threading
 import traceback
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __version__ = "0.1.0"
 
@@ -457,7 +464,10 @@ def first_line(value: object) -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# CSV headers (the download checks them, the transform relies on them)
+# CSV files: headers (the download checks them), records (the transform reads them in
+# numbered chunks), and the CSV that PostgreSQL's COPY writes (the transform and the export)
+
+READ_BLOCK_BYTES = 1 << 20  # Arrow's read block; a record larger than it is read again with a larger one
 
 
 def normalise_column(name: str) -> str:
@@ -480,6 +490,185 @@ def read_header(path: Path, encoding: str = "utf-8") -> list[str]:
 def missing_columns(table: str, header: Iterable[str]) -> list[str]:
     present = set(header)
     return [c for c in REQUIRED_COLUMNS[table] if c not in present]
+
+
+def check_source(path: Path, table: str, encoding: str) -> list[str]:
+    """The header's column names (a blank one, a pandas index column, as `_unnamed_<n>`).
+    Refuses (ConfigError) a missing or empty file, a repeated column, a missing column."""
+    if not path.is_file():
+        raise ConfigError(f"{path} not found; run download_dataset.py or pass --data-dir")
+    try:
+        header = read_header(path, encoding)
+    except UnicodeDecodeError as exc:
+        raise not_encoded(path, encoding, exc) from None
+    names = unique_header(header, path)
+    missing = missing_columns(table, names)
+    if missing:
+        raise ConfigError(
+            f"{path.name} lacks column(s) {', '.join(missing)}; columns found: {', '.join(header) or '(none)'}"
+        )
+    return names
+
+
+def numbered_records(path: Path, fields: int, encoding: str, chunk_rows: int):
+    """(well-formed records as text columns f0.., their numbers, [(number, field count, text)]
+    of the malformed records among them) for each chunk of `chunk_rows` well-formed records,
+    in file order; records are numbered from 1, the header not counted, empty lines neither.
+
+    A record larger than the read block (a 3 MB value) makes pyarrow stop: the file is read
+    again with a larger block, skipping the records already given."""
+    import pyarrow as pa
+    malformed: dict[int, tuple[int, str]] = {}
+    placed = [1]  # malformed records numbered below this were given already
+    block, given, next_number = READ_BLOCK_BYTES, 0, 1
+    while True:
+        pending: list[pa.RecordBatch] = []
+        skip = given + 1  # the header, and the records given before a re-read
+        try:
+            for batch in _record_batches(path, fields, encoding, block, malformed, placed):
+                cut = min(skip, batch.num_rows)
+                pending.append(batch.slice(cut))
+                skip -= cut
+                while sum(b.num_rows for b in pending) >= chunk_rows:
+                    rows, pending = split_rows(pending, chunk_rows)
+                    numbers, odd = place(next_number, rows.num_rows, malformed)
+                    given, next_number = given + rows.num_rows, int(numbers[-1]) + 1
+                    placed[0] = next_number
+                    yield rows, numbers, odd
+            break
+        except pa.ArrowInvalid as exc:
+            if "straddl" in str(exc) and block < path.stat().st_size:
+                block *= 16
+                continue
+            raise malformed_file(path, encoding, exc) from None
+    schema = pa.schema([(f"f{i}", pa.string()) for i in range(fields)])
+    rows = pa.Table.from_batches(pending, schema=schema)
+    numbers, odd = place(next_number, rows.num_rows, malformed, last=True)
+    yield rows, numbers, odd
+
+
+def _record_batches(path: Path, fields: int, encoding: str, block: int, malformed: dict, placed: list[int]):
+    """pyarrow's streaming reader over the file, the header as the first record; it hands
+    malformed records to `malformed` by number. One thread: only then are records numbered."""
+    import pyarrow as pa
+    from pyarrow import csv as pacsv
+
+    def keep_malformed(row) -> str:
+        number = row.number - 1  # pyarrow counts the header as record 1
+        if number >= placed[0]:
+            malformed[number] = (row.actual_columns, row.text)
+        return "skip"
+
+    return pacsv.open_csv(
+        path,
+        read_options=pacsv.ReadOptions(
+            autogenerate_column_names=True, encoding=arrow_encoding(encoding), use_threads=False, block_size=block,
+        ),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True, ignore_empty_lines=True, invalid_row_handler=keep_malformed),
+        convert_options=pacsv.ConvertOptions(
+            column_types={f"f{i}": pa.string() for i in range(fields)},
+            strings_can_be_null=False, quoted_strings_can_be_null=False,
+        ),
+    )
+
+
+def split_rows(batches: list[pa.RecordBatch], rows: int) -> tuple[pa.Table, list[pa.RecordBatch]]:
+    """The first `rows` rows of `batches` as a table, and the batches left."""
+    import pyarrow as pa
+
+    table = pa.Table.from_batches(batches)
+    return table.slice(0, rows), table.slice(rows).to_batches()
+
+
+def place(first: int, count: int, malformed: dict[int, tuple[int, str]], last: bool = False):
+    """(numbers of `count` well-formed records read from record `first` on, the malformed
+    records among them) given the malformed records' numbers; `last`: every one left."""
+    import numpy as np
+
+    bad = sorted(number for number in malformed if number >= first)
+    between = 0
+    while between < len(bad) and bad[between] < first + count + between:
+        between += 1
+    taken = bad if last else bad[:between]
+    numbers = np.arange(first, first + count + between, dtype=np.int64)
+    if taken:
+        numbers = numbers[~np.isin(numbers, taken)]
+    odd = [(number, *malformed.pop(number)) for number in taken]
+    return numbers, odd
+
+
+def arrow_encoding(encoding: str) -> str:
+    return "utf8" if python_encoding(encoding) == "utf-8-sig" else encoding
+
+
+def not_encoded(path: Path, encoding: str, exc: UnicodeDecodeError) -> ConfigError:
+    return ConfigError(
+        f"{path.name} is not {encoding} text ({exc.reason} at byte {exc.start}); "
+        "convert it (iconv -f latin1 -t utf-8) or pass --encoding latin-1"
+    )
+
+
+def malformed_file(path: Path, encoding: str, exc: Exception) -> ConfigError:
+    """The refusal for a file pyarrow cannot read: bytes that are not `encoding` (named with
+    the offset Python's decoder finds), or another parse error."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder(python_encoding(encoding))()
+    offset = 0
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as bad:
+                return not_encoded(path, encoding, UnicodeDecodeError(
+                    bad.encoding, bad.object, offset + bad.start, offset + bad.end, bad.reason))
+            offset += len(block)
+    return ConfigError(f"{path.name} is not a well-formed CSV file: {first_line(exc)}")
+
+
+def unique_header(header: list[str], path: Path) -> list[str]:
+    """Header names, with blank ones (a pandas index column) renamed; a repeated name is refused."""
+    if not header:
+        raise ConfigError(f"{path.name} is empty: no header row")
+    names: list[str] = []
+    for position, name in enumerate(header):
+        if not name or name.startswith("unnamed:"):
+            name = f"_unnamed_{position}"
+        elif name in names:
+            raise ConfigError(f"{path.name} has column {name!r} more than once")
+        names.append(name)
+    return names
+
+
+def read_copy_csv(data, names: Sequence[str], column_types: Mapping) -> "pa.Table":
+    """What `COPY ... TO STDOUT WITH (FORMAT csv)` wrote (no header) as an Arrow table of the
+    columns `names`, typed by `column_types` (text where none is given). COPY's spellings:
+    NULL is the empty unquoted field and nothing else (a stored 'NA' or '' stays text),
+    booleans t and f, values may hold newlines. A row larger than the read block (a 3 MB
+    name) is read again with a larger one."""
+    import pyarrow as pa
+    from pyarrow import csv as pacsv
+
+    buffer = pa.py_buffer(data)
+    if not buffer.size:
+        return pa.schema([(name, column_types.get(name, pa.string())) for name in names]).empty_table()
+    block = READ_BLOCK_BYTES
+    while True:
+        try:
+            return pacsv.read_csv(
+                pa.BufferReader(buffer),
+                # One thread: the callers already overlap it with other work.
+                read_options=pacsv.ReadOptions(column_names=list(names), block_size=block, use_threads=False),
+                parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                convert_options=pacsv.ConvertOptions(
+                    column_types=column_types, null_values=[""], strings_can_be_null=True,
+                    quoted_strings_can_be_null=False, true_values=["t"], false_values=["f"],
+                ),
+            )
+        except pa.ArrowInvalid as exc:
+            if "straddl" not in str(exc) or block > buffer.size:
+                raise
+            block *= 16
 
 
 # ---------------------------------------------------------------------------------------
@@ -542,6 +731,59 @@ def connect_db(application_name: str, env: Mapping[str, str] | None = None):
     # Warn only once connected: a failure stays one line (a wrong password needs no review).
     check_password(password, strict=False)
     return conn
+
+
+QUEUE_DEPTH = 2  # jobs waiting for a ConnectionThread: memory stays bounded when the database is slower
+
+
+class ConnectionThread:
+    """The one thread that uses the connection: jobs (functions of a cursor) run there in
+    the order given; at most QUEUE_DEPTH wait, so a slow database holds the cleansing back
+    instead of letting finished chunks pile up. After a failure the jobs left are skipped
+    and the next submit raises it."""
+
+    def __init__(self, conn, queue_depth: int = QUEUE_DEPTH):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.conn = conn
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="waddle-db")
+        self._slots = threading.BoundedSemaphore(queue_depth)
+        self._failure: BaseException | None = None
+
+    def submit(self, job: Callable, *args) -> Future:
+        if self._failure is not None:
+            raise self._failure
+        self._slots.acquire()
+        future = self._pool.submit(self._run, job, args)
+        future.add_done_callback(lambda _: self._slots.release())
+        return future
+
+    def call(self, job: Callable, *args):
+        return self.submit(job, *args).result()
+
+    def _run(self, job: Callable, args):
+        if self._failure is not None:
+            raise self._failure
+        try:
+            with self.conn.cursor() as cur:
+                return job(cur, *args)
+        except BaseException as exc:
+            self._failure = exc
+            raise
+
+    def end(self, commit: bool) -> None:
+        """Commit or roll back, close the connection, and stop the thread."""
+        conn = self.conn
+        try:
+            self._pool.submit(lambda: (conn.commit() if commit else conn.rollback(), conn.close())).result()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def stop(self) -> None:
+        """Skip the jobs waiting and stop the statement running (from this other thread, the
+        one use psycopg2 allows): a COPY, or the wait for the load lock."""
+        self._failure = self._failure or PipelineError("stopped")
+        self.conn.cancel()
 
 
 # ---------------------------------------------------------------------------------------

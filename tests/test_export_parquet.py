@@ -222,6 +222,19 @@ def test_export_parquet_money_at_the_limit_stays_exact(schema_db, s3_bucket):
 
 
 @pytest.mark.slow
+def test_export_parquet_row_larger_than_a_read_block_is_exported_whole(schema_db, s3_bucket):
+    # Stage 3 stores a 3 MB name; COPY sends it as one record, larger than Arrow's read block
+    # (with newlines in values, Arrow refused such a record as "straddling" block boundaries).
+    big = "x" * (3 * common.READ_BLOCK_BYTES) + "\ny"
+    query(schema_db, "INSERT INTO customer VALUES (1, %s, 'B', 'a@example.com', NULL), "
+                     "(2, 'C', 'D', 'c@example.com', NULL)", (big,))
+    assert export("--format", "parquet") == 0
+    (entry,) = [o for o in manifest_of(s3_bucket)["objects"] if o["table"] == "customer"]
+    rows = parquet_rows(get(s3_bucket, entry["key"]))
+    assert [(r["customer_id"], r["first_name"]) for r in rows] == [(1, big), (2, "C")]
+
+
+@pytest.mark.slow
 def test_export_parquet_empty_tables_have_one_schema_only_object_each(schema_db, s3_bucket):
     assert export("--format", "parquet") == 0
     manifest = manifest_of(s3_bucket)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import tempfile
 import threading
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,6 +17,7 @@ from hypothesis import strategies as st
 
 import cleansing
 import transform_load_csv_data as stage
+import waddle_common as common
 
 HEADER = "booking_id,customer_id,booking_date,destination,number_of_passengers,cost_per_passenger\n"
 
@@ -59,7 +59,7 @@ def test_load_streaming_header_only_file_gives_one_empty_chunk(tmp_path):
 
 
 def test_load_streaming_value_larger_than_a_block_at_a_chunk_edge(tmp_path):
-    big = "x" * (3 * stage.READ_BLOCK_BYTES)
+    big = "x" * (3 * common.READ_BLOCK_BYTES)
     lines = [f"{i},1,2023-06-02,Paris,1,1" for i in range(1, 6)] + [f'6,1,2023-06-02,"{big}",1,1', "7,1,2023-06-02,Paris,1,1"]
     path = tmp_path / "booking.csv"
     path.write_text(HEADER + "\n".join(lines) + "\n")
@@ -101,18 +101,20 @@ def first_rows_model(batches):
 @example(values=[(1, 0), (1, 1), (1, 0), (1, 2), (1, 1)], sizes=[1], two_parts=True, max_run=8, spill=1)
 def test_load_streaming_first_seen_agrees_with_a_dict(values, sizes, two_parts, max_run, spill):
     # spill: runs of that many entries or more go to files, as stage 3 keeps them (None: all in memory).
-    with tempfile.TemporaryDirectory() as folder:
-        store = cleansing.IN_MEMORY if spill is None else stage.SpilledArrays(Path(folder))
-        seen, batches, start, row = cleansing.FirstSeen(store), [], 0, 1
-        got = []
-        defaults = cleansing.MAX_RUN, cleansing.SPILL_ENTRIES
-        cleansing.MAX_RUN, cleansing.SPILL_ENTRIES = max_run, spill or defaults[1]  # capped runs: several stay apart
-        try:
-            check_first_seen(seen, batches, values, sizes, two_parts, got, start, row)
-        finally:
-            cleansing.MAX_RUN, cleansing.SPILL_ENTRIES = defaults
-        kept = {path for _, where, handle in seen._runs._runs if where is not cleansing.IN_MEMORY for path in handle}
-        assert set(Path(folder).iterdir()) == kept  # a merged run's files are gone
+    store = cleansing.IN_MEMORY if spill is None else stage.SpilledArrays()
+    seen, batches, start, row = cleansing.FirstSeen(store), [], 0, 1
+    got = []
+    defaults = cleansing.MAX_RUN, cleansing.SPILL_ENTRIES
+    cleansing.MAX_RUN, cleansing.SPILL_ENTRIES = max_run, spill or defaults[1]  # capped runs: several stay apart
+    try:
+        check_first_seen(seen, batches, values, sizes, two_parts, got, start, row)
+    finally:
+        cleansing.MAX_RUN, cleansing.SPILL_ENTRIES = defaults
+    if spill is not None:
+        kept = {file for _, where, handle in seen._runs._runs if where is store for file, _, _ in handle}
+        assert store.live == kept and not any(f.closed for f in kept)  # a merged run's files are closed
+        store.close()
+        assert not store.live and all(f.closed for f in kept)
     assert got == first_rows_model(batches)
 
 
@@ -145,16 +147,17 @@ def test_load_streaming_known_ids_in_files_agree_with_isin(ids, cuts, ascending)
     # run in a file of its own, several runs kept apart. Every number around them is asked for.
     ids = sorted(ids) if ascending else ids
     queries = np.arange(-51, 52, dtype=np.int64)
-    with tempfile.TemporaryDirectory() as folder:
-        known = cleansing.SortedKeys(stage.SpilledArrays(Path(folder)))
-        defaults = cleansing.MAX_RUN, cleansing.SPILL_ENTRIES
-        cleansing.MAX_RUN, cleansing.SPILL_ENTRIES = 8, 1
-        try:
-            for block in np.split(np.array(ids, dtype=np.int64), sorted(cuts)):
-                known.add(block)
-            got = known.contains(queries)
-        finally:
-            cleansing.MAX_RUN, cleansing.SPILL_ENTRIES = defaults
+    store = stage.SpilledArrays()
+    known = cleansing.SortedKeys(store)
+    defaults = cleansing.MAX_RUN, cleansing.SPILL_ENTRIES
+    cleansing.MAX_RUN, cleansing.SPILL_ENTRIES = 8, 1
+    try:
+        for block in np.split(np.array(ids, dtype=np.int64), sorted(cuts)):
+            known.add(block)
+        got = known.contains(queries)
+    finally:
+        cleansing.MAX_RUN, cleansing.SPILL_ENTRIES = defaults
+        store.close()
     assert got.tolist() == np.isin(queries, ids).tolist()
 
 
@@ -184,7 +187,7 @@ def test_load_streaming_merge_by_row_gives_source_row_order(rows, sides, size):
 
 
 class FakeConnection:
-    """Only what Database needs from a connection; the jobs below never use the cursor."""
+    """Only what ConnectionThread needs from a connection; the jobs below never use the cursor."""
 
     def cursor(self):
         import contextlib
@@ -202,11 +205,11 @@ class FakeConnection:
 
 
 def test_load_streaming_database_queue_holds_the_cleansing_back():
-    db = stage.Database(FakeConnection())
+    db = common.ConnectionThread(FakeConnection())
     release, running = threading.Event(), threading.Event()
     db.submit(lambda cur: (running.set(), release.wait()))
     running.wait()
-    for _ in range(stage.QUEUE_DEPTH - 1):
+    for _ in range(common.QUEUE_DEPTH - 1):
         db.submit(lambda cur: None)
     blocked = threading.Thread(target=db.submit, args=(lambda cur: None,))
     blocked.start()
@@ -218,7 +221,7 @@ def test_load_streaming_database_queue_holds_the_cleansing_back():
 
 
 def test_load_streaming_database_failure_skips_the_rest_and_surfaces():
-    db = stage.Database(FakeConnection())
+    db = common.ConnectionThread(FakeConnection())
     ran = []
 
     def fail(cur):
@@ -297,14 +300,22 @@ def test_load_streaming_state_files_are_removed_when_the_load_ends(schema_db, tm
         assert stage.main(arguments) == 0
         query(schema_db, "UPDATE destination SET destination = destination WHERE false")
     # Every run spilled, the stored customers' ids read a few at a time: all of the state in
-    # files, under a temporary folder of this test's own.
+    # files, under a temporary folder of this test's own. They have no name there (a killed
+    # load leaves nothing behind), and the load closes every one.
     temporary = tmp_path / "tmp"
     temporary.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temporary))
     monkeypatch.setattr(cleansing, "SPILL_ENTRIES", 1)
     monkeypatch.setattr(stage, "IDS_BLOCK_BYTES", 16)
-    puts, put = [], stage.SpilledArrays.put
-    monkeypatch.setattr(stage.SpilledArrays, "put", lambda self, arrays: puts.append(arrays) or put(self, arrays))
+    files, put = [], stage.SpilledArrays.put
+
+    def put_unnamed(self, arrays):
+        handle = put(self, arrays)
+        files.extend(file for file, _, _ in handle)
+        assert list(temporary.iterdir()) == []
+        return handle
+
+    monkeypatch.setattr(stage.SpilledArrays, "put", put_unnamed)
     if case == "refused":
         query(schema_db, """
             CREATE FUNCTION refuse_booking() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -315,7 +326,8 @@ def test_load_streaming_state_files_are_removed_when_the_load_ends(schema_db, tm
     code = stage.main(arguments)
 
     assert code == (1 if case == "refused" else 0)
-    assert len(puts) > 10
+    assert len(files) > 10
+    assert all(file.closed for file in files)
     assert list(temporary.iterdir()) == []
     if case != "refused":  # every booking's customer was found among the runs of known ids
         assert query(schema_db, "SELECT rows_loaded FROM load_run_table WHERE table_name = 'booking' "
