@@ -671,8 +671,10 @@ class FirstSeen:
         """For each (key, row), rows ascending: the row where the key was first seen, in an
         earlier call or earlier in this one (its own row if nowhere). Remembers new keys."""
         first = np.zeros(len(rows), dtype=np.int64)
-        for found, found_rows in self._runs.each(lambda run: rows_of(run, keys)):
-            first[found] = found_rows
+        order = np.argsort(keys[0])  # searched in order, a large run is searched several times faster
+        wanted = tuple(k[order] for k in keys)
+        for found, found_rows in self._runs.each(lambda run: rows_of(run, wanted)):
+            first[order[found]] = found_rows
         new = first == 0
         if new.any():
             fresh_keys = pd.DataFrame({i: k[new] for i, k in enumerate(keys)})
