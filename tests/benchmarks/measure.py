@@ -41,6 +41,7 @@ class Measurement:
 def measure(argv: Sequence[str], env: Mapping[str, str], cwd: Path | None = None, what: str = "") -> Measurement:
     """Run `argv` to completion; its wall time and peak RSS. Raises CommandFailed on exit != 0."""
     global _running
+    os.sync()  # what an earlier step wrote (the generated files) is not written back during this one
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
             tempfile.NamedTemporaryFile(suffix=".json") as result:
         wrapper = [sys.executable, "-S", __file__, result.name, "--", *argv]
