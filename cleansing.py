@@ -934,3 +934,27 @@ def repaired_rows(table: Table) -> pd.Series:
         differs = pc.not_equal(as_text(table.raw[column]), as_text(table.clean[column]))
         changed |= differs.to_numpy(zero_copy_only=False)
     return pd.Series(changed, index=table.raw.index)
+
+
+def check_reject_rates(summaries: dict[str, TableSummary], max_rate: float) -> None:
+    """Refuse the whole load when a table lost more than `max_rate` of its rows, or has none."""
+    for name, summary in summaries.items():
+        if summary.read == 0:
+            raise common.ConfigError(f"{name}.csv has no data rows; nothing was loaded")
+        rate = summary.rejected / summary.read
+        if rate > max_rate:
+            raise common.ConfigError(
+                f"{name}: {summary.rejected} of {summary.read} rows rejected ({rate:.1%}), "
+                f"above MAX_REJECT_RATE {max_rate:.1%}; nothing was loaded. "
+                f"See the rejects file for reasons."
+            )
+
+
+def format_summary(summaries: dict[str, TableSummary], dry_run: bool) -> str:
+    fields = ("read", "loaded", "repaired", "imputed", "rejected", "inserted", "updated")
+    lines = ["table".ljust(12) + "".join(f.rjust(10) for f in fields)]
+    for name, summary in summaries.items():
+        lines.append(name.ljust(12) + "".join(str(getattr(summary, f)).rjust(10) for f in fields))
+    if dry_run:
+        lines.append("dry run: nothing was written to the database")
+    return "\n".join(lines)
