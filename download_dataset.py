@@ -29,7 +29,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from email.utils import parsedate_to_datetime
@@ -95,20 +94,15 @@ def download_all(settings: common.Settings, args) -> int:
 
 def fetch_to(url: str, target: Path, table: str, settings: common.Settings, allow_unsized: bool = False) -> int:
     """Fetch `url` into `target` atomically; return the size written."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
+    with common.replacing(target, suffix=".part") as tmp:
+        with open(tmp, "wb") as out:
             if is_local(url):
                 copy_local(local_path(url), out, url)
             else:
                 fetch_http(url, out, settings, allow_unsized)
         check_csv(tmp, table, url)
         os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-        return target.stat().st_size
-    finally:
-        tmp.unlink(missing_ok=True)
+    return target.stat().st_size
 
 
 def is_local(url: str) -> bool:

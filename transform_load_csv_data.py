@@ -26,7 +26,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import pickle
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -473,12 +472,10 @@ class Rejects:
     def write(self, rejects_dir: Path) -> Path:
         """rejects_dir/<table>_rejects.csv, replaced atomically."""
         target = rejects_dir / f"{self.table}_rejects.csv"
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=rejects_dir)
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as out:
+        with common.replacing(target) as written, open(written, "w", newline="", encoding="utf-8") as out:
             pd.DataFrame(columns=self.columns).to_csv(out, index=False)
             for rows in merge_by_row(iter(self.in_chunks), iter(self.later)):
                 rows.to_csv(out, index=False, header=False)
-        os.replace(tmp, target)
         return target
 
     def close(self) -> None:
@@ -679,14 +676,11 @@ def use_jemalloc() -> None:
 
 
 def reject_rate(text: str) -> float:
-    """--max-reject-rate: a share of the rows, 0 to 1."""
+    """--max-reject-rate: MAX_REJECT_RATE's grammar (common.parse_share)."""
     try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a share between 0 and 1 (0.10 = 10%), got {text!r}")
-    return value
+        return common.parse_share(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser():

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import json
 import logging
 import math
@@ -29,8 +30,11 @@ import os
 import re
 import stat
 import sys
+import tempfile
 import threading
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,17 +162,27 @@ def _switch(raw: str) -> int:
     return int(raw)
 
 
+def parse_share(text: str) -> float:
+    """A share of the rows from 0 to 1 ("0.10" = 10%), written in ASCII digits: MAX_REJECT_RATE
+    and --max-reject-rate. ValueError, saying what is allowed, otherwise."""
+    raw = text.strip()
+    try:
+        value = float(raw) if raw.isascii() and "_" not in raw else math.nan
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:  # NaN fails this too
+        raise ValueError(f"must be a share between 0 and 1 (0.10 = 10%), got {raw!r}")
+    return value
+
+
 def _env_share(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not 0.0 <= value <= 1.0:  # NaN fails this too
-        raise ConfigError(f"{name} must be a share between 0 and 1 (0.10 = 10%), got {value:g}")
-    return value
+        return parse_share(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} {exc}") from None
 
 
 def _env_flag(env: Mapping[str, str], name: str) -> bool:
@@ -445,9 +459,18 @@ def run_stage(stage: str, args: argparse.Namespace, body: Callable[[Settings], i
         return _report(stage, str(exc), exc.exit_code, args)
     except KeyboardInterrupt:
         return _report(stage, "interrupted", 130, args)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return _report(stage, _unexpected(exc), EXIT_FAILURE, args)
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return _report(stage, f"no space left on the disk{where}: free some, or set TMPDIR (temporary files, "
+                              f"now {tempfile.gettempdir()}) to a larger one", EXIT_FAILURE, args)
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
-        message = f"unexpected {type(exc).__name__}: {first_line(exc)} (run with --verbose for details)"
-        return _report(stage, message, EXIT_FAILURE, args)
+        return _report(stage, _unexpected(exc), EXIT_FAILURE, args)
+
+
+def _unexpected(exc: BaseException) -> str:
+    return f"unexpected {type(exc).__name__}: {first_line(exc)} (run with --verbose for details)"
 
 
 def _report(stage: str, message: str, code: int, args: argparse.Namespace) -> int:
@@ -669,6 +692,21 @@ def read_copy_csv(data, names: Sequence[str], column_types: Mapping) -> "pa.Tabl
             if "straddl" not in str(exc) or block > buffer.size:
                 raise
             block *= 16
+
+
+@contextmanager
+def replacing(target: Path, suffix: str = "") -> Iterator[Path]:
+    """A new file beside `target` (mode 0600) to write inside the block: when the block ends
+    without error, it replaces `target` atomically; on any error it is removed, so a failed
+    stage leaves neither a half-written `target` nor a stray temporary file."""
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    written = Path(name)
+    try:
+        yield written
+        os.replace(written, target)
+    finally:
+        written.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------

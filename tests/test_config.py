@@ -43,8 +43,10 @@ BAD_SETTINGS = [
     ("EXPORT_BATCH_SIZE", "1e3", "EXPORT_BATCH_SIZE must be a whole number of 1 or more, got '1e3'"),
     ("EXPORT_COMPRESSION_LEVEL", "10", "EXPORT_COMPRESSION_LEVEL must be a whole number from 0 to 9, got '10'"),
     ("EXPORT_COMPRESSION_LEVEL", "-1", "EXPORT_COMPRESSION_LEVEL must be a whole number from 0 to 9, got '-1'"),
-    ("MAX_REJECT_RATE", "1.5", "MAX_REJECT_RATE must be a share between 0 and 1 (0.10 = 10%), got 1.5"),
-    ("MAX_REJECT_RATE", "nan", "MAX_REJECT_RATE must be a share between 0 and 1 (0.10 = 10%), got nan"),
+    ("MAX_REJECT_RATE", "1.5", "MAX_REJECT_RATE must be a share between 0 and 1 (0.10 = 10%), got '1.5'"),
+    ("MAX_REJECT_RATE", "nan", "MAX_REJECT_RATE must be a share between 0 and 1 (0.10 = 10%), got 'nan'"),
+    ("MAX_REJECT_RATE", "0.1_0", "MAX_REJECT_RATE must be a share between 0 and 1 (0.10 = 10%), got '0.1_0'"),
+    ("MAX_REJECT_RATE", "\u0660.\u0665", "MAX_REJECT_RATE must be a share between 0 and 1 (0.10 = 10%), got '\u0660.\u0665'"),
     ("STRICT_SECURITY", "maybe", "STRICT_SECURITY must be 1 or 0, got 'maybe'"),
     ("DOWNLOAD_ALLOW_UNSIZED", "on", "DOWNLOAD_ALLOW_UNSIZED must be 0 or 1, got 'on'"),
     ("DOWNLOAD_ALLOW_UNSIZED", "01", "DOWNLOAD_ALLOW_UNSIZED must be 0 or 1, got '01'"),
@@ -184,3 +186,23 @@ def test_config_travel_sh_stops_at_the_first_stage_with_its_exit_status(configur
     assert lines[-2] == (
         "download_dataset: error: DOWNLOAD_TIMEOUT must be a number of seconds above 0 and at most 86400, got '0'")
     assert lines[-1].startswith("travel.sh: error: stage download failed with exit status 2 after ")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a device whose every write fails with ENOSPC")
+def test_config_full_disk_is_one_line_naming_tmpdir(monkeypatch, tmp_path, capsys):
+    """A full disk (here /dev/full's real ENOSPC) ends any stage with one line that says what
+    to do, not "unexpected OSError"."""
+    import argparse
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def write_to_a_full_disk(settings):
+        with open("/dev/full", "wb", buffering=0) as full:
+            full.write(b"a row of rejects")
+
+    assert common.run_stage("transform_load_csv_data", argparse.Namespace(), write_to_a_full_disk) == 1
+    assert capsys.readouterr().err == (
+        "transform_load_csv_data: error: no space left on the disk: free some, or set TMPDIR "
+        f"(temporary files, now {tmp_path}) to a larger one\n"
+    )

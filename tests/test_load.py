@@ -198,7 +198,7 @@ def test_load_sample_files_unchanged_by_load(schema_db, sample_dir, tmp_path):
         assert (copy / name).read_bytes() == (sample_dir / name).read_bytes()
 
 
-@pytest.mark.parametrize("rate", ["-0.1", "1.5", "ten"])
+@pytest.mark.parametrize("rate", ["-0.1", "1.5", "ten", "nan", "0.1_0", "\u0660.\u0665"])
 def test_load_max_reject_rate_must_be_a_share(sample_dir, rate, capsys):
     assert stage.main(["--data-dir", str(sample_dir), "--max-reject-rate", rate]) == 2
     assert f"must be a share between 0 and 1 (0.10 = 10%), got '{rate}'" in capsys.readouterr().err
@@ -208,5 +208,5 @@ def test_load_max_reject_rate_variable_must_be_a_share(sample_dir, monkeypatch, 
     monkeypatch.setenv("MAX_REJECT_RATE", "10")
     assert stage.main(["--data-dir", str(sample_dir)]) == 2
     assert capsys.readouterr().err.strip() == (
-        "transform_load_csv_data: error: MAX_REJECT_RATE must be a share between 0 and 1 (0.10 = 10%), got 10"
+        "transform_load_csv_data: error: MAX_REJECT_RATE must be a share between 0 and 1 (0.10 = 10%), got '10'"
     )

@@ -210,3 +210,22 @@ def test_load_faults_waiting_for_the_lock_stops_on_ctrl_c(schema_db, tmp_path):
     assert loader.returncode == 130
     assert stderr.strip().splitlines() == ["transform_load_csv_data: error: interrupted"]
     assert counts(schema_db) == {"customer": 0, "destination": 0, "booking": 0}
+
+
+def test_load_rejects_file_that_fails_half_way_leaves_the_old_one_and_no_stray_file(tmp_path):
+    """A rejects file whose writing fails after its header (here a row that UTF-8 cannot
+    encode) leaves the previous rejects file as it was, and no temporary file beside it."""
+    import pandas as pd
+
+    previous = tmp_path / "customer_rejects.csv"
+    previous.write_text("the previous load's rejects\n")
+    rejects = load_stage.Rejects("customer", ["customer_id"])
+    try:
+        rejects.add_later(pd.DataFrame({"source_row": [1, 2], "customer_id": pd.Series(["7", "\ud800"], dtype=object),
+                                        "reject_reason": ["a", "b"], "raw_record": [None, None]}))
+        with pytest.raises(UnicodeEncodeError):
+            rejects.write(tmp_path)
+    finally:
+        rejects.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["customer_rejects.csv"]
+    assert previous.read_text() == "the previous load's rejects\n"
