@@ -34,8 +34,8 @@ import tempfile
 import threading
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
@@ -138,19 +138,25 @@ class ConfigError(PipelineError):
 # Configuration
 
 
-def _env_number(env: Mapping[str, str], name: str, default, parse: Callable, allowed: str, ok: Callable):
-    """`name` parsed by `parse` (float or int) when set and `ok`; else a ConfigError naming the
-    variable, the allowed range and the value given. Unset or blank: `default`."""
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
+def _number(raw: str, parse: Callable, ok: Callable):
+    """`raw` parsed by `parse` (float or int) when it is a number and `ok`; else None."""
     try:
         # Python also reads "1_000" and other scripts' digits ("٣"): not what a setting means.
         value = parse(raw) if raw.isascii() and "_" not in raw else None
     except ValueError:
         value = None
     # NaN and infinity parse as floats: neither is a number of seconds.
-    if value is None or not math.isfinite(value) or not ok(value):
+    return value if value is not None and math.isfinite(value) and ok(value) else None
+
+
+def _env_number(env: Mapping[str, str], name: str, default, parse: Callable, allowed: str, ok: Callable):
+    """`name` parsed by `parse` (float or int) when set and `ok`; else a ConfigError naming the
+    variable, the allowed range and the value given. Unset or blank: `default`."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    value = _number(raw, parse, ok)
+    if value is None:
         raise ConfigError(f"{name} must be {allowed}, got {raw!r}")
     return value
 
@@ -162,27 +168,20 @@ def _switch(raw: str) -> int:
     return int(raw)
 
 
+SHARE = "a share between 0 and 1 (0.10 = 10%)"  # MAX_REJECT_RATE and --max-reject-rate
+
+
+def _is_share(value: float) -> bool:
+    return 0.0 <= value <= 1.0
+
+
 def parse_share(text: str) -> float:
-    """A share of the rows from 0 to 1 ("0.10" = 10%), written in ASCII digits: MAX_REJECT_RATE
-    and --max-reject-rate. ValueError, saying what is allowed, otherwise."""
+    """--max-reject-rate in MAX_REJECT_RATE's grammar; ValueError, saying what is allowed, otherwise."""
     raw = text.strip()
-    try:
-        value = float(raw) if raw.isascii() and "_" not in raw else math.nan
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value <= 1.0:  # NaN fails this too
-        raise ValueError(f"must be a share between 0 and 1 (0.10 = 10%), got {raw!r}")
+    value = _number(raw, float, _is_share)
+    if value is None:
+        raise ValueError(f"must be {SHARE}, got {raw!r}")
     return value
-
-
-def _env_share(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return parse_share(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} {exc}") from None
 
 
 def _env_flag(env: Mapping[str, str], name: str) -> bool:
@@ -249,7 +248,7 @@ class Settings:
             source_urls=urls,
             download_dir=_env_folder(env, "DOWNLOAD_DIR", "download_dataset"),
             rejects_dir=_env_folder(env, "REJECTS_DIR", "rejects"),
-            max_reject_rate=_env_share(env, "MAX_REJECT_RATE", 0.10),
+            max_reject_rate=_env_number(env, "MAX_REJECT_RATE", 0.10, float, SHARE, _is_share),
             # Upper bounds: beyond them Python's socket and sleep calls overflow, and no
             # download needs more.
             download_timeout=_env_number(env, "DOWNLOAD_TIMEOUT", 30.0, float,
@@ -459,17 +458,16 @@ def run_stage(stage: str, args: argparse.Namespace, body: Callable[[Settings], i
         return _report(stage, str(exc), exc.exit_code, args)
     except KeyboardInterrupt:
         return _report(stage, "interrupted", 130, args)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            return _report(stage, _unexpected(exc), EXIT_FAILURE, args)
-        where = f" writing {exc.filename}" if exc.filename else ""
-        return _report(stage, f"no space left on the disk{where}: free some, or set TMPDIR (temporary files, "
-                              f"now {tempfile.gettempdir()}) to a larger one", EXIT_FAILURE, args)
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         return _report(stage, _unexpected(exc), EXIT_FAILURE, args)
 
 
-def _unexpected(exc: BaseException) -> str:
+def _unexpected(exc: Exception) -> str:
+    """The line for a failure no stage expected; a full disk says what to do about it."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return (f"no space left on the disk{where}: free some, or set TMPDIR (temporary files, "
+                f"now {tempfile.gettempdir()}) to a larger one")
     return f"unexpected {type(exc).__name__}: {first_line(exc)} (run with --verbose for details)"
 
 

@@ -136,6 +136,8 @@ def code_settings() -> dict[str, tuple[object, list[str]]]:
     """Settings.from_env's reads: variable -> (default, the numbers of its allowed range)."""
     import ast
 
+    import waddle_common as common
+
     source = (REPO / "waddle_common.py").read_text()
     tree = ast.parse(source)
     from_env = next(node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.name == "from_env")
@@ -144,7 +146,8 @@ def code_settings() -> dict[str, tuple[object, list[str]]]:
         if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id.startswith("_env_"):
             name = call.args[1].value
             default = ast.literal_eval(call.args[2]) if len(call.args) > 2 else 0  # _env_flag: off
-            allowed = call.args[4].value if len(call.args) > 4 else ""
+            allowed = call.args[4] if len(call.args) > 4 else ast.Constant("")
+            allowed = getattr(common, allowed.id) if isinstance(allowed, ast.Name) else allowed.value  # SHARE
             settings[name] = (default, re.findall(r"\d+", allowed))
         elif isinstance(call, ast.BoolOp) and isinstance(call.op, ast.Or):
             names = [n.value for n in ast.walk(call.values[0]) if isinstance(n, ast.Constant)
