@@ -1,13 +1,17 @@
 """Stage 3: cleanse the three CSVs with pandas and load them into PostgreSQL, in bounded memory.
 
 Reads destination.csv, customer.csv and booking.csv from DOWNLOAD_DIR (or --data-dir) in
-chunks of LOAD_CHUNK_ROWS rows, applies the cleansing rules to each chunk (cleansing.py, in
-the order of README.md's rules table), adds total_booking_value = number_of_passengers x
+chunks of LOAD_CHUNK_ROWS rows, applies the cleansing rules to each chunk (in the order of
+README.md's rules table), adds total_booking_value = number_of_passengers x
 cost_per_passenger (exact to the cent), and loads the accepted rows, all three tables in one
 transaction. While PostgreSQL takes in chunk k, this thread cleanses chunk k+1: one database
 thread owns the connection and receives finished chunks through a bounded queue. A table
 that is empty takes the rows by COPY; otherwise they go through a staging table and
-PostgreSQL itself inserts the new rows and updates the changed ones. Every rejected row is
+PostgreSQL itself inserts the new rows and updates the changed ones.
+
+This file reads and orchestrates; the rules are waddle_common/cleansing.py (pure), what is
+said to PostgreSQL is waddle_common/load_database.py, and the state that outgrows memory
+goes to temporary files through waddle_common/spill.py. Every rejected row is
 written to REJECTS_DIR (one CSV per table: the row as written, its source row number and a
 reject_reason) and counted in the summary, which is also stored in the load_run /
 load_run_table audit tables.
@@ -23,56 +27,32 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
-import json
 import logging
-import pickle
 import tempfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
-from pyarrow import csv as pacsv
 
-import cleansing
 import waddle_common as common
-from cleansing import (  # noqa: F401  the tests reach the rules through this module too
-    MAX_TOTAL_CENTS,
+from waddle_common import cleansing, load_database, spill
+from waddle_common.cleansing import (
     TEXT_DTYPE,
-    WHITE_SPACE_CHARACTERS,
     Table,
     TableSummary,
+    check_reject_rates,
     cleanse_bookings,
     cleanse_customers,
     cleanse_destinations,
-    check_reject_rates,
     format_summary,
     summarise,
 )
 
 log = logging.getLogger("data_waddle.transform_load")
-
-LOAD_LOCK_KEY = 0x5741_4444  # pg advisory lock shared by every loader ("WADD")
-IDS_BLOCK_BYTES = 1 << 23  # the stored customers' ids are read about a million at a time
-
-# The loaded columns of each table, in COPY order, and how they travel: text, except numbers
-# and flags (dates and money stay text until PostgreSQL stores them).
-LOAD_COLUMNS = {t: common.SCHEMA[t].column_names for t in common.LOAD_ORDER}
-KEYS = {t: common.SCHEMA[t].key for t in common.LOAD_ORDER}
-ARROW_TYPES = {"BIGINT": pa.int64(), "INTEGER": pa.int64(), "BOOLEAN": pa.bool_()}
-LOAD_SCHEMAS = {
-    t: pa.schema([(c.name, ARROW_TYPES.get(c.sql_type, pa.string())) for c in common.SCHEMA[t].columns])
-    for t in common.LOAD_ORDER
-}
-# The customers' staging table also keeps each row's source_row and repaired flag: rule
-# email_in_use, applied there, rejects rows after their chunk was counted.
-STAGE_EXTRA = {"customer": ("source_row", "repaired")}
 
 
 # ---------------------------------------------------------------------------------------
@@ -121,60 +101,7 @@ def cleanse_all(raw: dict[str, pd.DataFrame], stored_destinations: pd.DataFrame 
 
 
 # ---------------------------------------------------------------------------------------
-# On the database thread (common.ConnectionThread): locks, staging, comparing, storing
-
-
-def take_load_lock(cur) -> None:
-    """Serialise loads: a second loader waits for the first to commit (and says so)."""
-    cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (LOAD_LOCK_KEY,))
-    if not cur.fetchone()[0]:
-        log.info("another load is running; waiting for it to finish")
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOAD_LOCK_KEY,))
-
-
-def begin_load(cur) -> tuple[pd.DataFrame, dict[str, bool], LastRun | None]:
-    """Take the load lock and set the session up: (the stored destinations' ids and names,
-    {table: whether it holds rows}, the last load if nothing has written the tables since).
-    Nothing else writes the three tables until this load ends, so the version of the tables
-    it records is the one its own writes left."""
-    take_load_lock(cur)
-    cur.execute("LOCK TABLE destination, customer, booking IN SHARE ROW EXCLUSIVE MODE")
-    cur.execute("SET LOCAL datestyle = 'ISO, YMD'")
-    cur.execute("SELECT destination_id, destination FROM destination")
-    stored = pd.DataFrame(cur.fetchall(), columns=["destination_id", "destination"])
-    filled = {}
-    for table in common.LOAD_ORDER:
-        cur.execute(sql_text("SELECT EXISTS (SELECT 1 FROM {})", table))
-        filled[table] = cur.fetchone()[0]
-    return stored, filled, last_run(cur)
-
-
-@dataclass
-class LastRun:
-    """The latest committed load, when the tables are still as it left them."""
-
-    run_id: int
-    input_key: str | None
-    rejects_files: dict[str, str] | None
-
-
-def last_run(cur) -> LastRun | None:
-    cur.execute(
-        """SELECT run_id, input_key, rejects_files FROM load_run r
-           WHERE run_id = (SELECT max(run_id) FROM load_run)
-             AND tables_version = (SELECT version FROM tables_version)
-             AND (SELECT count(*) FROM load_run_table t WHERE t.run_id = r.run_id) = 3"""
-    )
-    row = cur.fetchone()
-    return LastRun(*row) if row else None
-
-
-def counts_of_run(cur, run_id: int) -> dict[str, TableSummary]:
-    """What load run `run_id` read, loaded, repaired, imputed and rejected, per table."""
-    cur.execute(
-        """SELECT table_name, rows_read, rows_loaded, rows_repaired, rows_imputed, rows_rejected
-           FROM load_run_table WHERE run_id = %s""", (run_id,))
-    return {name: TableSummary(*counts) for name, *counts in cur.fetchall()}
+# Reuse: what decides a load's outcome besides the tables
 
 
 def input_key(sources: dict[str, dict], encoding: str) -> str:
@@ -186,7 +113,7 @@ def input_key(sources: dict[str, dict], encoding: str) -> str:
     digest.update(f"encoding:{encoding}\n".encode())
     for library in (np, pd, pa):
         digest.update(f"{library.__name__}:{library.__version__}\n".encode())
-    for code in (Path(__file__), Path(cleansing.__file__), Path(common.__file__)):
+    for code in (Path(__file__), *(Path(m.__file__) for m in (cleansing, common, load_database, spill))):
         digest.update(code.read_bytes())
     return digest.hexdigest()
 
@@ -197,173 +124,6 @@ def rejects_digests(rejects_dir: Path) -> dict[str, str | None]:
     return {name: describe_source(path)["sha256"] if path.is_file() else None for name, path in paths.items()}
 
 
-def sql_text(template: str, *names: str):
-    from psycopg2 import sql
-
-    return sql.SQL(template).format(*map(sql.Identifier, names))
-
-
-def create_staging(cur, table: str) -> None:
-    from psycopg2 import sql
-
-    cur.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(
-        sql.Identifier(f"stage_{table}"), sql.Identifier(table)))
-    if table in STAGE_EXTRA:
-        cur.execute(sql.SQL("ALTER TABLE {} ADD source_row bigint, ADD repaired boolean").format(
-            sql.Identifier(f"stage_{table}")))
-
-
-def copy_rows(cur, target: str, columns: Sequence[str], data: bytes) -> int:
-    """COPY CSV `data` (no header; NULL is an empty unquoted field) into `target`."""
-    from psycopg2 import sql
-
-    statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(
-        sql.Identifier(target), sql.SQL(", ").join(map(sql.Identifier, columns)))
-    cur.copy_expert(statement.as_string(cur), io.BytesIO(data), size=1 << 20)
-    return cur.rowcount
-
-
-def stage_new_or_changed(cur, table: str, rows: pa.Table) -> None:
-    """COPY into stage_<table> the rows of a chunk that are not stored yet, or stored with
-    other values: the stored rows with the chunk's keys are read back and compared."""
-    pending = rows.filter(pa.array(new_or_changed(rows, stored_rows(cur, table, rows[KEYS[table]]), KEYS[table])))
-    if pending.num_rows:
-        copy_rows(cur, f"stage_{table}", pending.column_names, as_csv(pending))
-
-
-def stored_rows(cur, table: str, keys: pa.ChunkedArray) -> pa.Table:
-    """The stored rows of `table` with these keys, typed as LOAD_SCHEMAS[table]."""
-    from psycopg2 import sql
-
-    statement = sql.SQL("COPY (SELECT {} FROM {} WHERE {} = ANY(%s::bigint[])) TO STDOUT WITH (FORMAT csv)").format(
-        sql.SQL(", ").join(map(sql.Identifier, LOAD_COLUMNS[table])), sql.Identifier(table), sql.Identifier(KEYS[table]))
-    buffer = io.BytesIO()
-    wanted = "{" + ",".join(map(str, keys.to_numpy().tolist())) + "}"  # a bigint[] literal: ids are digits
-    cur.copy_expert(cur.mogrify(statement, (wanted,)).decode(), buffer)
-    schema = LOAD_SCHEMAS[table]
-    return common.read_copy_csv(buffer.getbuffer(), schema.names, dict(zip(schema.names, schema.types)))
-
-
-def new_or_changed(rows: pa.Table, stored: pa.Table, key: str) -> np.ndarray:
-    """Mask of `rows` whose key is not stored, or whose stored row differs in a column."""
-    positions = pd.Index(stored[key].to_numpy()).get_indexer(rows[key].to_numpy())
-    found = positions >= 0
-    pending = ~found
-    if found.any():
-        ours, theirs = rows.filter(pa.array(found)), stored.take(pa.array(positions[found]))
-        differs = np.zeros(int(found.sum()), dtype=bool)
-        for column in stored.column_names:
-            a, b = ours[column], theirs[column]
-            same = pc.or_(pc.fill_null(pc.equal(a, b), False), pc.and_(pc.is_null(a), pc.is_null(b)))
-            differs |= ~same.to_numpy(zero_copy_only=False)
-        pending[found] = differs
-    return pending
-
-
-def upsert(cur, table: str) -> tuple[int, int]:
-    """Insert the staged rows that are new, update the changed ones, leave identical ones
-    untouched (PostgreSQL compares them): (inserted, updated)."""
-    from psycopg2 import sql
-
-    columns = LOAD_COLUMNS[table]
-    key = KEYS[table]
-    others = [c for c in columns if c != key]
-    statement = sql.SQL(
-        """
-        WITH changed AS (
-            INSERT INTO {table} AS t ({columns})
-            SELECT {staged} FROM {stage} s LEFT JOIN {table} c ON c.{key} = s.{key}
-            WHERE c.{key} IS NULL OR ({stored}) IS DISTINCT FROM ({new})
-            ON CONFLICT ({key}) DO UPDATE SET ({others}) = ROW({excluded})
-            RETURNING (xmax = 0) AS inserted
-        )
-        SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM changed
-        """
-    ).format(
-        table=sql.Identifier(table),
-        stage=sql.Identifier(f"stage_{table}"),
-        columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
-        staged=sql.SQL(", ").join(sql.Identifier("s", c) for c in columns),
-        key=sql.Identifier(key),
-        others=sql.SQL(", ").join(map(sql.Identifier, others)),
-        stored=sql.SQL(", ").join(sql.Identifier("c", c) for c in others),
-        new=sql.SQL(", ").join(sql.Identifier("s", c) for c in others),
-        excluded=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in others),
-    )
-    cur.execute(statement)
-    inserted, updated = cur.fetchone()
-    return int(inserted), int(updated)
-
-
-def reject_emails_in_use(cur) -> list[tuple[int, int, bool]]:
-    """Rule email_in_use, on stage_customer (this run's accepted customers): a customer that
-    is new or changes address cannot take one another stored customer keeps. A holder keeps
-    its address unless it moves away in this run, and also when its own move is rejected, so
-    the rule repeats until nothing changes (a chain: 1 takes 2's address, 2 takes the address
-    of 3, who stays: both 2 and 1 are rejected). The rejected leave stage_customer:
-    [(source_row, holder, repaired)], by source_row."""
-    cur.execute(
-        """
-        CREATE TEMP TABLE moving ON COMMIT DROP AS
-        SELECT s.customer_id, s.email, s.source_row, s.repaired
-        FROM stage_customer s LEFT JOIN customer c USING (customer_id)
-        WHERE c.email IS DISTINCT FROM s.email
-        """
-    )
-    rejected = []
-    while True:
-        cur.execute(
-            """
-            DELETE FROM moving m USING customer c
-            WHERE c.email = m.email AND c.customer_id <> m.customer_id
-              AND NOT EXISTS (SELECT 1 FROM moving holder WHERE holder.customer_id = c.customer_id)
-            RETURNING m.source_row, c.customer_id, m.repaired
-            """
-        )
-        found = cur.fetchall()
-        if not found:
-            break
-        rejected += found
-    if rejected:
-        cur.execute("DELETE FROM stage_customer WHERE source_row = ANY(%s)", ([row for row, _, _ in rejected],))
-    return sorted(rejected)
-
-
-def known_customer_ids(cur, store: cleansing.ArrayStore) -> cleansing.SortedKeys:
-    """The ids of every stored customer (this run's included), kept in `store`: whom a
-    booking may name. Read in ascending blocks, they make runs that do not overlap."""
-    known = cleansing.SortedKeys(store)
-    with tempfile.TemporaryFile(prefix="waddle-ids-") as buffer:
-        cur.copy_expert("COPY (SELECT customer_id FROM customer ORDER BY 1) TO STDOUT", buffer)
-        if buffer.tell():
-            buffer.seek(0)
-            blocks = pacsv.open_csv(buffer, read_options=pacsv.ReadOptions(
-                column_names=["id"], block_size=IDS_BLOCK_BYTES, use_threads=False,
-            ), convert_options=pacsv.ConvertOptions(column_types={"id": pa.int64()}))
-            for block in blocks:
-                known.add(block.column(0).to_numpy())
-    return known
-
-
-def record_run(cur, started_at: datetime, sources: dict[str, dict], summaries: dict[str, TableSummary],
-               key: str, rejects: dict[str, str | None], reused: int | None) -> int:
-    cur.execute(
-        """INSERT INTO load_run (started_at, tool_version, source_files, input_key, tables_version,
-               rejects_files, reused_run)
-           VALUES (%s, %s, %s, %s, (SELECT version FROM tables_version), %s, %s) RETURNING run_id""",
-        (started_at, common.__version__, json.dumps(sources), key, json.dumps(rejects), reused),
-    )
-    run_id = cur.fetchone()[0]
-    for name, s in summaries.items():
-        cur.execute(
-            """INSERT INTO load_run_table (run_id, table_name, rows_read, rows_loaded, rows_repaired,
-                   rows_imputed, rows_rejected, rows_inserted, rows_updated)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-            (run_id, name, s.read, s.loaded, s.repaired, s.imputed, s.rejected, s.inserted, s.updated),
-        )
-    return run_id
-
-
 def describe_source(path: Path) -> dict:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -372,84 +132,15 @@ def describe_source(path: Path) -> dict:
     return {"path": str(path), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
+def unchanged_since(last: load_database.LastRun, sources: dict[str, dict], encoding: str, rejects_dir: Path) -> bool:
+    """Whether the load `last` read these files with these rules, and its rejects files are
+    the ones in `rejects_dir`: the tables being as it left them, this load would change
+    nothing and write the same rejects and counts (README, "Stage 3")."""
+    return last.input_key == input_key(sources, encoding) and last.rejects_files == rejects_digests(rejects_dir)
+
+
 # ---------------------------------------------------------------------------------------
-# Rows out: to PostgreSQL, to the rejects files
-
-
-def load_rows(table: Table, extra: Sequence[str] = ()) -> pa.Table:
-    """The rows of `table` to store now, in COPY order, typed as LOAD_SCHEMAS[table.name]
-    (and `extra`: source_row, repaired)."""
-    schema = LOAD_SCHEMAS[table.name]
-    frame = table.clean.loc[:, list(schema.names)]
-    if "source_row" in extra:
-        frame["source_row"] = table.raw["source_row"].to_numpy()
-    if "repaired" in extra:
-        frame["repaired"] = cleansing.repaired_rows(table).to_numpy() & ~table.imputed.to_numpy()
-    for name in extra:
-        schema = schema.append(pa.field(name, pa.int64() if name == "source_row" else pa.bool_()))
-    rows = pa.Table.from_pandas(frame, preserve_index=False).cast(schema)
-    return rows.filter(pa.array(table.loaded))
-
-
-def as_csv(rows: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    pacsv.write_csv(rows, sink, write_options=pacsv.WriteOptions(include_header=False))
-    return sink.getvalue().to_pybytes()
-
-
-class SpilledArrays:
-    """cleansing's ArrayStore in temporary files: put() writes each array to a file that has
-    no name (a killed load leaves nothing behind), open() maps it. The state that grows with
-    a file (FirstSeen's runs, the known customers' ids) thus leaves the process's memory once
-    searched; the page cache keeps it while memory allows."""
-
-    def __init__(self):
-        self.live: set = set()  # the files of the runs kept: close() closes those left
-
-    def put(self, arrays: tuple[np.ndarray, ...]) -> tuple[tuple, ...]:
-        handle = []
-        for array in arrays:
-            file = tempfile.TemporaryFile(prefix="waddle-state-")  # noqa: SIM115  closed by drop() or close()
-            self.live.add(file)
-            np.ascontiguousarray(array).tofile(file)
-            file.flush()
-            handle.append((file, array.dtype, len(array)))
-        return tuple(handle)
-
-    def open(self, handle: tuple[tuple, ...]) -> tuple[np.ndarray, ...]:
-        return tuple(np.memmap(file, dtype=dtype, mode="r", shape=(length,)) if length else np.empty(0, dtype)
-                     for file, dtype, length in handle)
-
-    def drop(self, handle: tuple[tuple, ...]) -> None:
-        for file, _, _ in handle:  # a mapping still open stays valid until it is dropped
-            self.live.discard(file)
-            file.close()
-
-    def close(self) -> None:
-        for file in self.live:
-            file.close()
-        self.live.clear()
-
-
-class Spool:
-    """Frames (or other objects) written to a temporary file and read back in order: what
-    waits for the end of a file without staying in memory."""
-
-    def __init__(self):
-        self._file = tempfile.TemporaryFile(prefix="waddle-spool-")  # noqa: SIM115  closed by close()
-        self.count = 0
-
-    def add(self, item) -> None:
-        pickle.dump(item, self._file, protocol=pickle.HIGHEST_PROTOCOL)
-        self.count += 1
-
-    def __iter__(self):
-        self._file.seek(0)
-        for _ in range(self.count):
-            yield pickle.load(self._file)
-
-    def close(self) -> None:
-        self._file.close()
+# Rows out: to the rejects files
 
 
 class Rejects:
@@ -458,7 +149,7 @@ class Rejects:
 
     def __init__(self, table: str, columns: list[str]):
         self.table, self.columns = table, ["source_row", *columns, "reject_reason", "raw_record"]
-        self.in_chunks, self.later = Spool(), Spool()
+        self.in_chunks, self.later = spill.Spool(), spill.Spool()
 
     def add(self, table: Table) -> None:
         rows = table.rejected()
@@ -529,7 +220,7 @@ class Run:
                  columns: dict[str, list[str]]):
         self.db, self.paths, self.encoding, self.chunk_rows = db, paths, encoding, chunk_rows
         self.filled: dict[str, bool] = {}
-        self.spilled = SpilledArrays()
+        self.spilled = spill.SpilledArrays()
         self.state = cleansing.FileState.kept_in(self.spilled)
         self.rejects = {t: Rejects(t, [c for c in columns[t] if not c.startswith("_unnamed_")]) for t in common.LOAD_ORDER}
         self.summaries = {t: TableSummary(0, 0, 0, 0, 0) for t in common.LOAD_ORDER}
@@ -543,7 +234,7 @@ class Run:
 
     def begin(self, table: str) -> None:
         if self.filled[table]:
-            self.db.submit(create_staging, table)
+            self.db.submit(load_database.create_staging, table)
 
     def store(self, table: Table, rows_read: bool = True) -> None:
         """Count the chunk, keep its rejects, and queue its rows for PostgreSQL."""
@@ -553,12 +244,12 @@ class Run:
         else:
             self.rejects[table.name].add_later(table.rejected())
         name = table.name
-        extra = STAGE_EXTRA.get(name, ()) if self.filled[name] else ()
-        rows = load_rows(table, extra)
+        extra = load_database.STAGE_EXTRA.get(name, ()) if self.filled[name] else ()
+        rows = load_database.load_rows(table, extra)
         if rows.num_rows and self.filled[name]:
-            self.db.submit(stage_new_or_changed, name, rows)
+            self.db.submit(load_database.stage_new_or_changed, name, rows)
         elif rows.num_rows:
-            self.db.submit(copy_rows, name, rows.column_names, as_csv(rows))
+            self.db.submit(load_database.copy_rows, name, rows.column_names, load_database.as_csv(rows))
             if name == "customer":
                 self.copied_customer_ids.add(rows["customer_id"].to_numpy())
 
@@ -566,14 +257,14 @@ class Run:
         """Whom a booking may name. Into an empty customer table this load copied every
         customer it accepted, and only those: no need to wait for PostgreSQL to ask it."""
         if self.filled["customer"]:
-            return self.db.call(known_customer_ids, self.spilled)
+            return self.db.call(load_database.known_customer_ids, self.spilled)
         return self.copied_customer_ids
 
     def finish(self, table: str) -> None:
         """Store the staged rows (a table that held rows); count what was inserted and updated."""
         summary = self.summaries[table]
         if self.filled[table]:
-            summary.inserted, summary.updated = self.db.call(upsert, table)
+            summary.inserted, summary.updated = self.db.call(load_database.upsert, table)
         else:
             summary.inserted = summary.loaded
         log.info("%s: %d rows read, %d inserted, %d updated", table, summary.read, summary.inserted, summary.updated)
@@ -605,7 +296,7 @@ def load_customers(run: Run) -> None:
         run.store(cleanse_customers(raw, run.state))
     run.state.customer_ids = run.state.emails = None
     if run.filled["customer"]:
-        reject_customers_later(run, run.db.call(reject_emails_in_use))
+        reject_customers_later(run, run.db.call(load_database.reject_emails_in_use))
     run.finish("customer")
 
 
@@ -633,7 +324,7 @@ def load_bookings(run: Run, destinations: pd.DataFrame) -> None:
     lookup = cleansing.DestinationLookup(destinations)
     known_customers = run.known_customer_ids()
     run.begin("booking")
-    pending = Spool()
+    pending = spill.Spool()
     with tempfile.TemporaryFile(prefix="waddle-costs-") as costs:
         for raw in run.chunks("booking"):
             table = cleanse_bookings(raw, lookup, known_customers, run.state)
@@ -657,13 +348,6 @@ def cleanse_and_load(run: Run, stored_destinations: pd.DataFrame, rejects_dir: P
     load_bookings(run, cleansing.known_destinations(accepted, stored_destinations))
     for rejects in run.rejects.values():
         rejects.write(rejects_dir)
-
-
-def unchanged_since(last: LastRun, sources: dict[str, dict], encoding: str, rejects_dir: Path) -> bool:
-    """Whether the load `last` read these files with these rules, and its rejects files are
-    the ones in `rejects_dir`: the tables being as it left them, this load would change
-    nothing and write the same rejects and counts (README, "Stage 3")."""
-    return last.input_key == input_key(sources, encoding) and last.rejects_files == rejects_digests(rejects_dir)
 
 
 def use_jemalloc() -> None:
@@ -724,19 +408,19 @@ def transform_and_load(settings: common.Settings, args) -> int:
     run = Run(db, paths, args.encoding, settings.load_chunk_rows, columns)
     try:
         try:
-            stored_destinations, run.filled, last = db.call(begin_load)
+            stored_destinations, run.filled, last = db.call(load_database.begin_load)
             reused = last if last and unchanged_since(last, sources.result(), args.encoding, rejects_dir) else None
             if reused:
                 log.info("the files, the rules and the tables are as load run %d left them: nothing to change",
                          reused.run_id)
-                run.summaries = db.call(counts_of_run, reused.run_id)
+                run.summaries = db.call(load_database.counts_of_run, reused.run_id)
             else:
                 cleanse_and_load(run, stored_destinations, rejects_dir)
             check_reject_rates({name: run.summaries[name] for name in common.TABLES}, max_rate)
             db.call(lambda cur: cur.execute("SET CONSTRAINTS ALL IMMEDIATE"))  # a deferred e-mail clash shows here
             if not args.dry_run:
                 key = input_key(sources.result(), args.encoding)
-                db.call(record_run, started_at, sources.result(), run.summaries, key,
+                db.call(load_database.record_run, started_at, sources.result(), run.summaries, key,
                         reused.rejects_files if reused else rejects_digests(rejects_dir),
                         reused.run_id if reused else None)
         except BaseException:

@@ -183,7 +183,7 @@ lock_local_state() {
     exit 1
   fi
   exec {LOCK_FD}<>"${LOCAL_STATE}/travel.lock"
-  holder="$("${PYTHON_BIN}" "${REPO_DIR}/local_services.py" lock --pid "$$" <&"${LOCK_FD}")" || status=$?
+  holder="$("${PYTHON_BIN}" -m waddle_common.local_services lock --pid "$$" <&"${LOCK_FD}")" || status=$?
   if ((status == 3)); then
     err "another travel.sh run is using ${REPO_DIR}/${LOCAL_STATE} (pid ${holder:-unknown});" \
       "local mode runs one at a time: wait for it to finish"
@@ -199,7 +199,7 @@ start_local_services() {
   # A coprocess: it stops its services when this script closes its stdin, so a killed
   # travel.sh cannot leave a PostgreSQL or S3 server behind. It holds the lock on fd 3.
   coproc LOCAL {
-    exec "${PYTHON_BIN}" "${REPO_DIR}/local_services.py" serve --state "${LOCAL_STATE}" --lock-fd 3 \
+    exec "${PYTHON_BIN}" -m waddle_common.local_services serve --state "${LOCAL_STATE}" --lock-fd 3 \
       2>&1 3<&"${LOCK_FD}"
   }
   pid="${LOCAL_PID}"

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-import local_services  # noqa: E402
+from waddle_common import local_services  # noqa: E402
 from support.database import apply_schema, new_database  # noqa: E402
 from support.datasets import SAMPLE_DIR  # noqa: E402
 from support.http_server import ScriptedHTTPServer  # noqa: E402

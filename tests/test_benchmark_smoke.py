@@ -61,7 +61,7 @@ def run_and_check(workdir: Path, out: Path) -> None:
 def test_benchmark_smoke_a_server_setting_is_refused_unless_plain(tmp_path):
     import pytest
 
-    import local_services
+    from waddle_common import local_services
 
     with pytest.raises(ValueError, match="not a server setting"):  # it would reach pg_ctl's options
         local_services.EmbeddedPostgres(tmp_path / "data", settings={"shared_buffers": "1GB -c fsync=off"})

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 from support import REPO
-from local_services import free_port
+from waddle_common.local_services import free_port
 from support.http_server import Reply
 
 import batch_transfer_data_to_cloud_storage as export_stage

@@ -26,7 +26,8 @@ from support.fault_proxy import ACCESS_DENIED, FaultyStore
 import batch_transfer_data_to_cloud_storage as stage
 import transform_load_csv_data
 import waddle_common as common
-from local_services import free_port
+from waddle_common import load_database
+from waddle_common.local_services import free_port
 
 DAY = "2024-05-01"
 SUFFIX = {"zip": ".csv.zip", "gzip": ".csv.gz"}
@@ -177,7 +178,7 @@ def test_export_lock_key_is_one_positive_bigint_per_bucket_prefix_and_day():
     others = {stage.export_lock_key(*args) for args in
               [("b", "exports/", "2024-05-02"), ("b", "", DAY), ("c", "exports/", DAY), ("b", "exports/x/", DAY)]}
     assert key not in others and len(others) == 4
-    assert key != transform_load_csv_data.LOAD_LOCK_KEY
+    assert key != load_database.LOAD_LOCK_KEY
 
 
 OLD = "20240501T010000.000Z-00000001"

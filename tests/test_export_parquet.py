@@ -27,7 +27,7 @@ from support.fault_proxy import ForwardingHandler
 
 import batch_transfer_data_to_cloud_storage as stage
 import waddle_common as common
-from local_services import free_port
+from waddle_common.local_services import free_port
 
 DAY = "2024-05-01"
 LIMIT = Decimal("9999999999999999.99")  # the largest total stage 3 and travel.sql allow

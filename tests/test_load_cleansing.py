@@ -8,6 +8,7 @@ import pytest
 
 import transform_load_csv_data as stage
 import waddle_common as common
+from waddle_common import cleansing
 
 CUSTOMER_HEADER = ["customer_id", "first_name", "last_name", "email", "phone"]
 DESTINATION_HEADER = ["destination_id", "destination", "country", "popular_season"]
@@ -52,11 +53,11 @@ def reason_code(table, row=0):
 
 
 def test_load_cleanse_customers_trims_and_lower_cases_email():
-    table = stage.cleanse_customers(raw(CUSTOMER_HEADER, ["  7 ", " Ada ", "Lovelace ", " ADA@Example.COM ", " "]))
+    table = cleansing.cleanse_customers(raw(CUSTOMER_HEADER, ["  7 ", " Ada ", "Lovelace ", " ADA@Example.COM ", " "]))
     row = table.accepted().iloc[0]
     assert (row.customer_id, row.first_name, row.last_name, row.email) == (7, "Ada", "Lovelace", "ada@example.com")
     assert pd.isna(row.phone)
-    assert stage.summarise(table).repaired == 1
+    assert cleansing.summarise(table).repaired == 1
 
 
 @pytest.mark.parametrize(
@@ -73,12 +74,12 @@ def test_load_cleanse_customers_trims_and_lower_cases_email():
     ],
 )
 def test_load_cleanse_customers_rejects(row, code):
-    table = stage.cleanse_customers(raw(CUSTOMER_HEADER, row))
+    table = cleansing.cleanse_customers(raw(CUSTOMER_HEADER, row))
     assert reason_code(table) == code
 
 
 def test_load_cleanse_customers_duplicate_key_and_email_keep_first():
-    table = stage.cleanse_customers(raw(
+    table = cleansing.cleanse_customers(raw(
         CUSTOMER_HEADER,
         customer("1", None, None, "a@example.com"),
         customer("1", None, None, "b@example.com"),
@@ -90,12 +91,12 @@ def test_load_cleanse_customers_duplicate_key_and_email_keep_first():
 
 
 def test_load_cleanse_customers_first_valid_occurrence_wins():
-    table = stage.cleanse_customers(raw(CUSTOMER_HEADER, customer("1", None, None, "bad"), customer("1")))
+    table = cleansing.cleanse_customers(raw(CUSTOMER_HEADER, customer("1", None, None, "bad"), customer("1")))
     assert [reason_code(table, i) for i in range(2)] == ["invalid_email", None]
 
 
 def test_load_cleanse_customers_accepts_pandas_float_ids():
-    table = stage.cleanse_customers(raw(CUSTOMER_HEADER, customer("12.0")))
+    table = cleansing.cleanse_customers(raw(CUSTOMER_HEADER, customer("12.0")))
     assert table.accepted().customer_id.tolist() == [12]
 
 
@@ -105,12 +106,12 @@ def test_load_cleanse_customers_accepts_pandas_float_ids():
 
 @pytest.mark.parametrize("season, expected", [("autumn", "Autumn"), ("SUMMER", "Summer"), (" winter ", "Winter"), ("Fall", "Autumn")])
 def test_load_cleanse_destinations_capitalises_seasons(season, expected):
-    table = stage.cleanse_destinations(raw(DESTINATION_HEADER, ["1", "Paris", "France", season]))
+    table = cleansing.cleanse_destinations(raw(DESTINATION_HEADER, ["1", "Paris", "France", season]))
     assert table.accepted().popular_season.tolist() == [expected]
 
 
 def test_load_cleanse_destinations_rejects_unknown_season_and_duplicates():
-    table = stage.cleanse_destinations(raw(
+    table = cleansing.cleanse_destinations(raw(
         DESTINATION_HEADER, ["1", "Paris", "France", "Monsoon"], ["2", "Rome", "Italy", "Summer"],
         ["2", "Roma", "Italy", "Summer"], ["3", "", "Italy", "Summer"],
     ))
@@ -179,7 +180,7 @@ def test_load_cleanse_bookings_imputes_missing_passengers_as_one():
     table = cleanse_booking_rows(booking(number_of_passengers=""))
     row = table.accepted().iloc[0]
     assert (row.number_of_passengers, bool(row.passengers_imputed), row.total_booking_value) == (1, True, "10.00")
-    assert stage.summarise(table).imputed == 1
+    assert cleansing.summarise(table).imputed == 1
 
 
 def test_load_cleanse_bookings_imputes_missing_cost_with_median():
@@ -301,9 +302,9 @@ def test_load_read_source_refuses_bad_files(tmp_path, content, message):
 
 
 def test_load_check_reject_rates_refuses_above_limit():
-    table = stage.cleanse_customers(raw(CUSTOMER_HEADER, customer("1"), customer("x")))
-    summaries = {"customer": stage.summarise(table)}
+    table = cleansing.cleanse_customers(raw(CUSTOMER_HEADER, customer("1"), customer("x")))
+    summaries = {"customer": cleansing.summarise(table)}
     with pytest.raises(common.ConfigError) as info:
-        stage.check_reject_rates(summaries, 0.10)
+        cleansing.check_reject_rates(summaries, 0.10)
     assert "1 of 2 rows rejected" in str(info.value)
-    stage.check_reject_rates(summaries, 0.5)
+    cleansing.check_reject_rates(summaries, 0.5)

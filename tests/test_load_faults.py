@@ -31,7 +31,8 @@ from support.stages import run_stage_script, stage_env, start_stage_script
 
 import batch_transfer_data_to_cloud_storage as export_stage
 import transform_load_csv_data as load_stage
-from local_services import EmbeddedPostgres
+from waddle_common import load_database
+from waddle_common.local_services import EmbeddedPostgres
 
 DAY = "2024-05-01"
 
@@ -88,11 +89,11 @@ def test_load_faults_two_loads_are_serialised(schema_db, sample_dir, tmp_path):
     loaders = []
     try:
         with holder.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (load_stage.LOAD_LOCK_KEY,))
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (load_database.LOAD_LOCK_KEY,))
         for number in (1, 2):
             args = ["--data-dir", str(sample_dir), "--rejects-dir", str(tmp_path / f"rejects{number}"), "--verbose"]
             loaders.append(start_stage_script(LOADER, args, stage_env(schema_db), tmp_path))
-        wait_until(lambda: len(observer.waiting_on_advisory(load_stage.LOAD_LOCK_KEY)) == 2,
+        wait_until(lambda: len(observer.waiting_on_advisory(load_database.LOAD_LOCK_KEY)) == 2,
                    "both loaders to wait for the load lock", timeout=60)
         assert counts(schema_db) == {"customer": 0, "destination": 0, "booking": 0}
         holder.rollback()  # releases the lock
@@ -177,7 +178,7 @@ def test_load_faults_postgres_restart_between_stages(private_server, private_db,
 
 
 def loader_waiting_for_the_lock(url: str, tmp_path):
-    return waiting_for_the_lock(url, load_stage.LOAD_LOCK_KEY, LOADER, ["--data-dir", str(SAMPLE_DIR)],
+    return waiting_for_the_lock(url, load_database.LOAD_LOCK_KEY, LOADER, ["--data-dir", str(SAMPLE_DIR)],
                                 LOADER_APPLICATION, tmp_path)
 
 

@@ -18,6 +18,7 @@ from support.lambda_module import lambda_module
 
 import batch_transfer_data_to_cloud_storage as export_stage
 import transform_load_csv_data as stage
+from waddle_common import cleansing
 
 CUSTOMERS = "customer_id,first_name,last_name,email,phone\n" + "".join(
     f"{i},First{i},Last{i},c{i}@example.com,555-{i:04d}\n" for i in range(1, 11)
@@ -167,8 +168,8 @@ def test_load_limit_agrees_with_travel_sql_and_the_lambda():
     sql_limit = re.search(r"total_booking_value <= ([0-9.]+)", (REPO / "travel.sql").read_text()).group(1)
 
     assert sql_limit == LIMIT
-    assert stage.MAX_TOTAL_CENTS == int(Decimal(LIMIT) * 100)
-    assert 10 ** (lambda_module().MAX_UNIT_DIGITS + 2) - 1 == stage.MAX_TOTAL_CENTS
+    assert cleansing.MAX_TOTAL_CENTS == int(Decimal(LIMIT) * 100)
+    assert 10 ** (lambda_module().MAX_UNIT_DIGITS + 2) - 1 == cleansing.MAX_TOTAL_CENTS
 
 
 def test_load_what_stage_3_accepts_the_export_and_the_lambda_accept(schema_db, s3_bucket, tmp_path):
@@ -252,13 +253,13 @@ def test_load_rejects_dir_that_is_a_file_is_refused_first(schema_db, tmp_path, c
 
 @pytest.mark.parametrize("text", ["2024-06-02T25:99:00", "2024-06-02T10:60", "2024-06-02 24:00", "2024-06-02T10:00+25"])
 def test_load_impossible_times_are_rejected(text):
-    table = stage.cleanse_bookings(pd.DataFrame({
+    table = cleansing.cleanse_bookings(pd.DataFrame({
         "source_row": [1], "booking_id": ["1"], "customer_id": ["1"], "booking_date": [text], "destination": ["Paris"],
         "number_of_passengers": ["1"], "cost_per_passenger": ["1"]}, dtype=object).astype(
-            {c: stage.TEXT_DTYPE for c in ["booking_id", "customer_id", "booking_date", "destination",
+            {c: cleansing.TEXT_DTYPE for c in ["booking_id", "customer_id", "booking_date", "destination",
                                            "number_of_passengers", "cost_per_passenger"]}))
     assert table.reason.iloc[0] == f"impossible_date: '{text}' does not exist"
 
 
 def test_load_white_space_list_is_pythons():
-    assert stage.WHITE_SPACE_CHARACTERS == "".join(chr(c) for c in range(0x110000) if chr(c).isspace())
+    assert cleansing.WHITE_SPACE_CHARACTERS == "".join(chr(c) for c in range(0x110000) if chr(c).isspace())

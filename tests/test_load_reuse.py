@@ -13,6 +13,7 @@ import pytest
 from support.database import apply_schema, query
 
 import transform_load_csv_data as stage
+from waddle_common import load_database
 
 RUNS = "SELECT run_id, reused_run FROM load_run ORDER BY run_id"
 ANY_WRITE = "UPDATE destination SET destination = destination WHERE false"  # no row, still a write
@@ -149,7 +150,7 @@ def test_load_keeps_other_writers_out_until_it_ends(schema_db):
     loader, other = psycopg2.connect(schema_db), psycopg2.connect(schema_db)
     try:
         with loader.cursor() as cur:
-            stage.begin_load(cur)
+            load_database.begin_load(cur)
         with other.cursor() as cur:
             cur.execute("SELECT count(*) FROM customer")  # readers (the export) go on
             for table in ("destination", "customer", "booking"):

@@ -15,9 +15,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import cleansing
+from waddle_common import cleansing
 import transform_load_csv_data as stage
 import waddle_common as common
+from waddle_common import load_database
+from waddle_common.spill import SpilledArrays
 
 HEADER = "booking_id,customer_id,booking_date,destination,number_of_passengers,cost_per_passenger\n"
 
@@ -101,7 +103,7 @@ def first_rows_model(batches):
 @example(values=[(1, 0), (1, 1), (1, 0), (1, 2), (1, 1)], sizes=[1], two_parts=True, max_run=8, spill=1)
 def test_load_streaming_first_seen_agrees_with_a_dict(values, sizes, two_parts, max_run, spill):
     # spill: runs of that many entries or more go to files, as stage 3 keeps them (None: all in memory).
-    store = cleansing.IN_MEMORY if spill is None else stage.SpilledArrays()
+    store = cleansing.IN_MEMORY if spill is None else SpilledArrays()
     seen, batches, start, row = cleansing.FirstSeen(store), [], 0, 1
     got = []
     defaults = cleansing.MAX_RUN, cleansing.SPILL_ENTRIES
@@ -147,7 +149,7 @@ def test_load_streaming_known_ids_in_files_agree_with_isin(ids, cuts, ascending)
     # run in a file of its own, several runs kept apart. Every number around them is asked for.
     ids = sorted(ids) if ascending else ids
     queries = np.arange(-51, 52, dtype=np.int64)
-    store = stage.SpilledArrays()
+    store = SpilledArrays()
     known = cleansing.SortedKeys(store)
     defaults = cleansing.MAX_RUN, cleansing.SPILL_ENTRIES
     cleansing.MAX_RUN, cleansing.SPILL_ENTRIES = 8, 1
@@ -306,8 +308,8 @@ def test_load_streaming_state_files_are_removed_when_the_load_ends(schema_db, tm
     temporary.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temporary))
     monkeypatch.setattr(cleansing, "SPILL_ENTRIES", 1)
-    monkeypatch.setattr(stage, "IDS_BLOCK_BYTES", 16)
-    files, put = [], stage.SpilledArrays.put
+    monkeypatch.setattr(load_database, "IDS_BLOCK_BYTES", 16)
+    files, put = [], SpilledArrays.put
 
     def put_unnamed(self, arrays):
         handle = put(self, arrays)
@@ -315,7 +317,7 @@ def test_load_streaming_state_files_are_removed_when_the_load_ends(schema_db, tm
         assert list(temporary.iterdir()) == []
         return handle
 
-    monkeypatch.setattr(stage.SpilledArrays, "put", put_unnamed)
+    monkeypatch.setattr(SpilledArrays, "put", put_unnamed)
     if case == "refused":
         query(schema_db, """
             CREATE FUNCTION refuse_booking() RETURNS trigger LANGUAGE plpgsql AS $$

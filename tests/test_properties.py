@@ -669,14 +669,14 @@ def test_properties_cleansing_agrees_with_model(files):
 
 def check_cleansing(files: dict[str, bytes]) -> None:
     """The property: read_source + cleanse_all store, reject and count what the model does."""
-    import transform_load_csv_data as stage
+    from waddle_common import cleansing, load_database
 
     expected = model.run_load(files, rule_12=False)
     tables = cleanse_with_stage(files)
     for table in model.TABLES:
-        summary = stage.summarise(tables[table])
+        summary = cleansing.summarise(tables[table])
         counts = {name: getattr(summary, name) for name in ("read", "loaded", "repaired", "imputed", "rejected")}
-        check_table(table, expected.tables[table], stage.load_rows(tables[table]).to_pylist(),
+        check_table(table, expected.tables[table], load_database.load_rows(tables[table]).to_pylist(),
                     frame_records(tables[table].rejected()), counts)
 
 
@@ -699,7 +699,7 @@ COUNT_COLUMNS = ("read", "loaded", "repaired", "imputed", "rejected", "inserted"
 
 @pytest.fixture
 def property_db(pg_admin_url, monkeypatch):
-    """One database with the schema for a whole property test; load_database() empties it
+    """One database with the schema for a whole property test; empty_tables() empties it
     for each example (TRUNCATE as the server's superuser: far quicker than a new database)."""
     from support.database import apply_schema, new_database
 

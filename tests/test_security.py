@@ -29,7 +29,7 @@ import transform_load_csv_data as load_stage
 import waddle_common as common
 from support import REPO
 from support.database import apply_schema, libpq_env, query, run_psql, with_database
-from local_services import EmbeddedPostgres, free_port
+from waddle_common.local_services import EmbeddedPostgres, free_port
 
 DAY = "2024-05-01"
 TABLES = ("destination", "customer", "booking", "load_run", "load_run_table")
@@ -487,7 +487,7 @@ runpy.run_path(script, run_name="__main__")
 """
 
 SCRIPTS = {
-    "psql": REPO / "waddle_common.py",  # travel.sh's schema stage: python -m waddle_common psql
+    "psql": REPO / "waddle_common",  # travel.sh's schema stage: python -m waddle_common psql
     "download": REPO / "download_dataset.py",
     "load": REPO / "transform_load_csv_data.py",
     "export": REPO / "batch_transfer_data_to_cloud_storage.py",
@@ -858,7 +858,7 @@ def test_security_unescaped_password_libpq_reads_as_meant_connects_and_leaks_not
 # S3 and Lambda policies (lambda/template.yaml, lambda/README.md): tests/test_lambda_template.py
 
 
-@pytest.mark.parametrize("script", ["waddle_common.py", "download_dataset.py", "transform_load_csv_data.py",
+@pytest.mark.parametrize("script", ["waddle_common/__init__.py", "download_dataset.py", "transform_load_csv_data.py",
                                     "batch_transfer_data_to_cloud_storage.py", "lambda/lambda_function.py"])
 def test_security_aws_credentials_only_from_boto3_default_chain(script):
     source = (REPO / script).read_text(encoding="utf-8")

@@ -19,7 +19,7 @@ import pytest
 from support import REPO
 from support.database import apply_schema, query
 
-import local_services
+from waddle_common import local_services
 
 RUN_TIMEOUT = 240
 
@@ -189,15 +189,16 @@ def stop_run(process: subprocess.Popen) -> None:
 
 
 def local_services_pid(repo: Path) -> int:
-    """The pid of the `local_services.py serve` of the local run in `repo`."""
-    script = str(repo / "local_services.py").encode()
+    """The pid of the `python -m waddle_common.local_services serve` of the local run in
+    `repo` (travel.sh runs it from there)."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
+            cwd = os.readlink(entry / "cwd")
         except OSError:
             continue
-        if script in argv and b"serve" in argv:
+        if b"waddle_common.local_services" in argv and b"serve" in argv and cwd == str(repo):
             found.append(int(entry.name))
     assert len(found) == 1, found
     return found[0]

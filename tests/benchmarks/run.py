@@ -68,7 +68,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
-import local_services  # noqa: E402  the same servers as the tests and travel.sh's local mode
+from waddle_common import local_services  # noqa: E402  the same servers as the tests and travel.sh's local mode
 import waddle_common as common  # noqa: E402  the one declaration of the tables
 from measure import CommandFailed, Measurement, measure, stop_running  # noqa: E402
 

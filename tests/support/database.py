@@ -16,7 +16,7 @@ from urllib.parse import urlparse, urlunparse
 import psycopg2
 import pytest
 
-import local_services
+from waddle_common import local_services
 from support import REPO
 
 POLL_SECONDS = 0.002  # between two looks at a condition; the deadline bounds the wait

@@ -968,7 +968,7 @@ def find_psql() -> str:
     found = shutil.which("psql")
     if found:
         return found
-    import local_services
+    from . import local_services
 
     try:
         return local_services.psql_path()
