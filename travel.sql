@@ -7,7 +7,7 @@
 -- It also creates two NOLOGIN group roles (when the executing user may create roles) and
 -- sets their privileges on these tables to exactly:
 --   travel_loader  read, insert and update the pipeline's tables and the audit tables;
---                  update tables_version (its writes' triggers count them there);
+--                  read tables_version (its writes' triggers count them there);
 --                  TEMP tables (for staging). No DELETE, TRUNCATE, DROP or CREATE.
 --   travel_reader  read only (the export).
 -- PUBLIC gets no table privilege: customer holds personal data. An administrator gives a
@@ -107,13 +107,24 @@ CREATE TABLE IF NOT EXISTS tables_version (
 );
 INSERT INTO tables_version (version) VALUES (0) ON CONFLICT DO NOTHING;
 
-CREATE OR REPLACE FUNCTION bump_tables_version() RETURNS trigger
-    LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+-- The loader may not write tables_version (it could set the version back and make the next
+-- load skip repairing its edits), yet its writes must count: the triggers' function runs as
+-- the user who ran this file (SECURITY DEFINER). Its search_path is this schema, then
+-- pg_temp, named last so that a TEMP table called tables_version cannot stand in for it.
+DO $bump$
 BEGIN
-    UPDATE tables_version SET version = version + 1;
-    RETURN NULL;
+    EXECUTE format($function$
+        CREATE OR REPLACE FUNCTION bump_tables_version() RETURNS trigger
+            LANGUAGE plpgsql SECURITY DEFINER SET search_path = %I, pg_temp AS $body$
+        BEGIN
+            UPDATE tables_version SET version = version + 1;
+            RETURN NULL;
+        END
+        $body$
+    $function$, current_schema());
 END
-$$;
+$bump$;
+REVOKE ALL ON FUNCTION bump_tables_version() FROM PUBLIC;
 
 DO $triggers$
 DECLARE
@@ -192,8 +203,8 @@ BEGIN
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'travel_loader') THEN
         REVOKE ALL ON destination, customer, booking, load_run, load_run_table, tables_version FROM travel_loader;
         GRANT SELECT, INSERT, UPDATE ON destination, customer, booking, load_run, load_run_table TO travel_loader;
-        -- Its writes fire the triggers, which count them in tables_version.
-        GRANT SELECT, UPDATE ON tables_version TO travel_loader;
+        -- It reads tables_version; its writes fire the triggers, which count them there.
+        GRANT SELECT ON tables_version TO travel_loader;
         EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM travel_loader', run_sequence);
         EXECUTE format('GRANT USAGE ON SEQUENCE %s TO travel_loader', run_sequence);
         EXECUTE format('GRANT USAGE ON SCHEMA %I TO travel_loader', current_schema());

@@ -34,8 +34,8 @@ from waddle_common.local_services import EmbeddedPostgres, free_port
 DAY = "2024-05-01"
 TABLES = ("destination", "customer", "booking", "load_run", "load_run_table")
 ALL_TABLES = (*TABLES, "tables_version")
-# The loader's writes fire the triggers that count them in tables_version.
-LOADER_GRANTS = {**{t: {"SELECT", "INSERT", "UPDATE"} for t in TABLES}, "tables_version": {"SELECT", "UPDATE"}}
+# The loader reads tables_version; the triggers its writes fire count them there.
+LOADER_GRANTS = {**{t: {"SELECT", "INSERT", "UPDATE"} for t in TABLES}, "tables_version": {"SELECT"}}
 STRONG = "Strong-Pw-" + secrets.token_hex(16)  # 42 characters, letters and digits
 
 # ---------------------------------------------------------------------------------------
@@ -191,6 +191,33 @@ def test_security_loader_can_load_but_not_drop_truncate_delete_or_create(schema_
                       "DELETE FROM load_run_table"):
         assert sqlstate_of(loader, statement) == INSUFFICIENT_PRIVILEGE, statement
     assert counts(schema_db) == loaded
+
+
+def test_security_loader_cannot_set_tables_version_but_its_writes_count_even_behind_a_temp_table(
+        schema_db, login_user):
+    """A loader that set the version back could make the next load take an old outcome
+    instead of repairing its edits. Its writes bump the version through the triggers, and a
+    TEMP table named tables_version (which comes first on a search_path that does not name
+    pg_temp) does not catch the bump."""
+    loader = login_user(schema_db, "travel_loader")
+    version = "SELECT version FROM tables_version"
+    before = query(schema_db, version)[0][0]
+
+    assert sqlstate_of(loader, "UPDATE tables_version SET version = 0") == INSUFFICIENT_PRIVILEGE
+    conn = psycopg2.connect(loader)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("CREATE TEMP TABLE tables_version (one_row boolean, version bigint)")
+            cur.execute("INSERT INTO tables_version VALUES (true, 0)")
+            cur.execute("INSERT INTO destination VALUES (990, 'Nowhere', 'Noland', 'Winter')")
+            cur.execute("UPDATE destination SET popular_season = 'Summer' WHERE destination_id = 990")
+            cur.execute("SELECT version FROM pg_temp.tables_version")
+            shadow = cur.fetchone()[0]
+    finally:
+        conn.close()
+
+    assert shadow == 0
+    assert query(schema_db, version)[0][0] == before + 2
 
 
 def test_security_reader_can_export_but_not_write(schema_db, sample_dir, s3_bucket, login_user, monkeypatch):
