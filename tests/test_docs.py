@@ -47,6 +47,15 @@ def test_docs_every_stage_has_help(script):
     assert result.returncode == 0 and "--env-file" in result.stdout
 
 
+@pytest.mark.parametrize("module", ["waddle_common", "waddle_common.local_services"])
+def test_docs_module_commands_have_help_that_names_the_command_to_type(module):
+    # python -m runs them from the package: argparse alone would call them __main__.py.
+    result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
+                            timeout=60, cwd=REPO)
+    assert result.returncode == 0
+    assert result.stdout.split("\n", 1)[0].startswith(f"usage: python -m {module} ")
+
+
 def rules_table_functions() -> list[str]:
     """The Function column of README's cleansing-rules table, in table order."""
     start = README.index("| # | Rule | Function |")

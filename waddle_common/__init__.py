@@ -989,6 +989,7 @@ def run_psql(psql_args: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m waddle_common psql [--env-file F] -- ARGS`: psql on the configured database."""
     parser = stage_parser("Run psql on the pipeline's configured database (the password goes through the environment).")
+    parser.prog = "python -m waddle_common"
     parser.add_argument("command", choices=["psql"])
     parser.add_argument("psql_args", nargs=argparse.REMAINDER, help="arguments for psql, after --")
     args = parse_args(parser, argv)

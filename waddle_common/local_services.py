@@ -401,7 +401,8 @@ def report_failure(what: str, exc: Exception) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Local services for travel.sh's local mode.")
+    parser = argparse.ArgumentParser(prog="python -m waddle_common.local_services",
+                                     description="Local services for travel.sh's local mode.")
     sub = parser.add_subparsers(dest="command", required=True)
     serve_parser = sub.add_parser("serve", help="run PostgreSQL and S3 until stdin closes")
     serve_parser.add_argument("--state", type=Path, default=Path(".local"), help="state folder (default .local)")
