@@ -51,7 +51,7 @@ def test_docs_every_stage_has_help(script):
 def test_docs_module_commands_have_help_that_names_the_command_to_type(module):
     # python -m runs them from the package: argparse alone would call them __main__.py.
     result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
-                            timeout=60, cwd=REPO)
+                            timeout=60, cwd=REPO, check=False)
     assert result.returncode == 0
     assert result.stdout.split("\n", 1)[0].startswith(f"usage: python -m {module} ")
 

@@ -15,10 +15,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from waddle_common import cleansing
 import transform_load_csv_data as stage
 import waddle_common as common
-from waddle_common import load_database
+from waddle_common import cleansing, load_database
 from waddle_common.spill import SpilledArrays
 
 HEADER = "booking_id,customer_id,booking_date,destination,number_of_passengers,cost_per_passenger\n"

@@ -16,8 +16,8 @@ from urllib.parse import urlparse, urlunparse
 import psycopg2
 import pytest
 
-from waddle_common import local_services
 from support import REPO
+from waddle_common import local_services
 
 POLL_SECONDS = 0.002  # between two looks at a condition; the deadline bounds the wait
 LOADER_APPLICATION = "data-waddle transform_load"  # set by waddle_common.connect_db
