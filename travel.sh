@@ -328,6 +328,10 @@ main() {
   parse_args "$@"
   cd "${REPO_DIR}"
   find_python
+  # The stages import waddle_common from here, also when PYTHONSAFEPATH keeps a script's
+  # folder and the working directory off sys.path.
+  PYTHONPATH="${REPO_DIR}${PYTHONPATH:+:${PYTHONPATH}}"
+  export PYTHONPATH
   LC_NUMERIC=C
   export LC_NUMERIC
   DAY="${DAY:-$(date -u +%F)}"

@@ -204,6 +204,12 @@ def local_services_pid(repo: Path) -> int:
     return found[0]
 
 
+def test_travel_sh_local_mode_runs_where_pythonsafepath_keeps_script_folders_off_sys_path(local_repo):
+    result = travel(local_repo, env={"PYTHONSAFEPATH": "1"})
+    assert result.returncode == 0, result.stderr
+    assert metrics_table(result.stdout)
+
+
 def test_travel_sh_second_local_run_is_refused_and_the_first_completes(local_repo):
     first = start_local_run(local_repo)
     try:
