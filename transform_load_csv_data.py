@@ -7,14 +7,14 @@ cost_per_passenger (exact to the cent), and loads the accepted rows, all three t
 transaction. While PostgreSQL takes in chunk k, this thread cleanses chunk k+1: one database
 thread owns the connection and receives finished chunks through a bounded queue. A table
 that is empty takes the rows by COPY; otherwise they go through a staging table and
-PostgreSQL itself inserts the new rows and updates the changed ones.
-
-This file reads and orchestrates; the rules are waddle_common/cleansing.py (pure), what is
-said to PostgreSQL is waddle_common/load_database.py, and the state that outgrows memory
-goes to temporary files through waddle_common/spill.py. Every rejected row is
+PostgreSQL itself inserts the new rows and updates the changed ones. Every rejected row is
 written to REJECTS_DIR (one CSV per table: the row as written, its source row number and a
 reject_reason) and counted in the summary, which is also stored in the load_run /
 load_run_table audit tables.
+
+This file reads and orchestrates; the rules are waddle_common/cleansing.py (pure), what is
+said to PostgreSQL is waddle_common/load_database.py, and the state that outgrows memory
+goes to temporary files through waddle_common/spill.py.
 
 Needs: the schema from travel.sql; DATABASE_URL or the libpq variables (PGHOST, ...).
 

@@ -198,7 +198,7 @@ def local_services_pid(repo: Path) -> int:
             cwd = os.readlink(entry / "cwd")
         except OSError:
             continue
-        if b"waddle_common.local_services" in argv and b"serve" in argv and cwd == str(repo):
+        if b"waddle_common.local_services" in argv and b"serve" in argv and Path(cwd) == repo.resolve():
             found.append(int(entry.name))
     assert len(found) == 1, found
     return found[0]

